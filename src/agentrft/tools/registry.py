@@ -35,6 +35,7 @@ class ToolContext:
     item: dict[str, Any]
     call_id: str = ""
     state: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None  # directory of the dataset file the row came from (for files it names)
     _closers: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,7 +57,7 @@ class ToolContext:
 
     def for_call(self, call_id: str) -> "ToolContext":
         """A view for one call that shares state and closers with the rollout's context."""
-        view = ToolContext(self.trace_id, self.item, call_id, self.state, self._closers, self._lock)
+        view = ToolContext(self.trace_id, self.item, call_id, self.state, self.data_dir, self._closers, self._lock)
         return view
 
 
