@@ -5,4 +5,8 @@ Importing this package registers every built-in type with :func:`agentrft.grader
 
 from agentrft.graders.base import Grader, GraderSpecError, build_grader, grader_version, sample_from_trajectory
 
+# Built-in types register themselves on import (additive to the shared contract).
+from agentrft.graders import string_check as _string_check  # noqa: F401,E402
+from agentrft.graders import python_function as _python_function  # noqa: F401,E402
+
 __all__ = ["Grader", "GraderSpecError", "build_grader", "grader_version", "sample_from_trajectory"]
