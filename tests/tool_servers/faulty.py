@@ -1,0 +1,153 @@
+"""A fault-injecting Agent RFT tool server. The URL path picks the behaviour, so one server serves every case:
+
+=====================  ====================================================================================
+``/ok``                a correct function_call_output echoing the arguments
+``/flaky/<p>/<seed>``  HTTP 500 with probability p, decided by ``Random(f"{seed}:{call_id}:{k}")`` for the
+                       call's k-th attempt — deterministic, so a test can recompute what must have happened
+``/fail/<n>``          the first n attempts of each call_id get 503, then a correct answer
+``/always500``         always HTTP 500
+``/slow/<s>``          sleeps s seconds, then answers correctly
+``/trickle/<s>``       sends headers at once, then the body one byte every s seconds
+``/garbage``           HTTP 200 with a body that is not JSON
+``/notobject``         HTTP 200 with a JSON list
+``/wrongcall``         HTTP 200 with a function_call_output for another call_id
+``/nooutput``          HTTP 200 without the output field
+``/huge/<bytes>``      a correct answer whose output is that many bytes
+``/reset``             reads the request, then resets the connection (TCP RST, no answer)
+``/resetfirst/<n>``    resets the first n attempts of each call_id, then answers
+``/http4xx/<code>``    that 4xx status with a function_call_output body explaining the problem
+``/text4xx``           HTTP 404 with a plain-text body
+=====================  ====================================================================================
+
+Every request is recorded in ``server.log`` as ``(path, call_id, outcome)``; ``server.attempts[call_id]``
+lists the outcomes of one call's attempts in order.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import struct
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+
+def flaky_fails(seed: int, call_id: str, k: int, p: float) -> bool:
+    """Whether /flaky fails the k-th attempt (0-based) of ``call_id``."""
+    return random.Random(f"{seed}:{call_id}:{k}").random() < p
+
+
+class FaultyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        n = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(n)
+        try:
+            p = json.loads(raw)
+            call_id = p["call_id"]
+        except (ValueError, KeyError, TypeError):
+            self._send(400, b'{"output": "bad request"}')
+            return
+        srv = self.server
+        with srv.lock:  # type: ignore[attr-defined]
+            k = len(srv.attempts[call_id])  # type: ignore[attr-defined]
+        parts = self.path.strip("/").split("/")
+        mode, args = parts[0], parts[1:]
+        outcome = self._act(mode, args, p, call_id, k)
+        with srv.lock:  # type: ignore[attr-defined]
+            srv.attempts[call_id].append(outcome)  # type: ignore[attr-defined]
+            srv.log.append((self.path, call_id, outcome))  # type: ignore[attr-defined]
+
+    def _ok(self, p: dict, output: str | None = None) -> str:
+        out = output if output is not None else json.dumps({"echo": json.loads(p["arguments"]), "trace_id": p["trace_id"]})
+        self._send(200, json.dumps({"type": "function_call_output", "call_id": p["call_id"], "output": out}).encode())
+        return "ok"
+
+    def _act(self, mode: str, args: list[str], p: dict, call_id: str, k: int) -> str:
+        if mode == "ok":
+            return self._ok(p)
+        if mode == "flaky":
+            prob, seed = float(args[0]), int(args[1])
+            if flaky_fails(seed, call_id, k, prob):
+                self._send(500, b"internal error (injected)")
+                return "500"
+            return self._ok(p)
+        if mode == "fail":
+            if k < int(args[0]):
+                self._send(503, b"unavailable (injected)")
+                return "503"
+            return self._ok(p)
+        if mode == "always500":
+            self._send(500, b"internal error (injected)")
+            return "500"
+        if mode == "slow":
+            time.sleep(float(args[0]))
+            try:
+                return self._ok(p)
+            except OSError:
+                return "client_gone"
+        if mode == "trickle":
+            body = json.dumps({"type": "function_call_output", "call_id": call_id, "output": "slowly"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for b in body:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(float(args[0]))
+            except OSError:
+                return "client_gone"
+            return "trickled"
+        if mode == "garbage":
+            self._send(200, b"<html>502 Bad Gateway</html> not json {")
+            return "garbage"
+        if mode == "notobject":
+            self._send(200, b"[1, 2, 3]")
+            return "notobject"
+        if mode == "wrongcall":
+            self._send(200, json.dumps({"type": "function_call_output", "call_id": "call_other", "output": "x"}).encode())
+            return "wrongcall"
+        if mode == "nooutput":
+            self._send(200, json.dumps({"type": "function_call_output", "call_id": call_id}).encode())
+            return "nooutput"
+        if mode == "huge":
+            return self._ok(p, "x" * int(args[0])) and "huge"
+        if mode == "reset" or (mode == "resetfirst" and k < int(args[0])):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return "reset"
+        if mode == "resetfirst":
+            return self._ok(p)
+        if mode == "http4xx":
+            code = int(args[0])
+            msg = f"order {json.loads(p['arguments']).get('order_id')} not found"
+            self._send(code, json.dumps({"type": "function_call_output", "call_id": call_id, "output": msg}).encode())
+            return str(code)
+        if mode == "text4xx":
+            self._send(404, b"no such thing", "text/plain")
+            return "404"
+        self._send(404, b"unknown fault mode", "text/plain")
+        return "unknown_mode"
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def faulty_server_attrs() -> dict[str, Any]:
+    return {"lock": threading.Lock(), "attempts": defaultdict(list), "log": [],
+            "handle_error": lambda request, client_address: None}
