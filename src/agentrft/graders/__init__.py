@@ -8,5 +8,7 @@ from agentrft.graders.base import Grader, GraderSpecError, build_grader, grader_
 # Built-in types register themselves on import (additive to the shared contract).
 from agentrft.graders import string_check as _string_check  # noqa: F401,E402
 from agentrft.graders import python_function as _python_function  # noqa: F401,E402
+from agentrft.graders import multi as _multi  # noqa: F401,E402
+from agentrft.graders import text_similarity as _text_similarity  # noqa: F401,E402
 
 __all__ = ["Grader", "GraderSpecError", "build_grader", "grader_version", "sample_from_trajectory"]
