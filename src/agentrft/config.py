@@ -1,0 +1,196 @@
+"""The run config: one YAML file shaped like an OpenAI RFT job, validated with pydantic.
+
+Example (see ``examples/``)::
+
+    model: ./models/tiny            # HF id or local path
+    training_file: data/train.jsonl  # relative paths resolve against the config file's directory
+    validation_file: data/valid.jsonl
+    tools:
+      - agentrft.environments.repo_locator.tools:*       # Python tools by module:function (or module:*)
+      - {name: get_order, server_url: http://127.0.0.1:8000/}   # Agent RFT HTTP tools
+    grader: {type: string_check, name: exact, input: "{{sample.output_text}}", reference: "{{item.answer}}",
+             operation: eq}       # inline grader JSON, or a path to a .json file
+    hyperparameters: {n_epochs: 2, batch_size: 4, group_size: 4, learning_rate: 1e-3, ...}
+    store: sqlite:///runs/agentrft.db
+    output_dir: runs
+
+Errors name the field path (``hyperparameters.group_size: Input should be greater than or equal to 2``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """The config is invalid; ``str()`` lists every problem with its field path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class Hyperparameters(_Strict):
+    n_epochs: int = Field(1, ge=1, le=50)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides n_epochs)")
+    batch_size: int = Field(4, ge=1, le=256, description="tasks (dataset rows) per step")
+    group_size: int = Field(4, ge=2, description="rollouts per task (G)")
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(8, ge=1, description="trajectories per forward/backward pass")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per RL step (>1 makes clipping matter)")
+    eval_interval: int = Field(5, ge=1)
+    eval_samples: int = Field(1, ge=1)
+    max_episode_steps: int = Field(8, ge=1, description="tool-call budget per rollout")
+    max_turns: int = Field(8, ge=1, description="assistant turns per rollout")
+    max_new_tokens: int = Field(128, ge=1, description="tokens per assistant turn")
+    max_context_tokens: int = Field(2048, ge=16)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    eval_temperature: float | None = Field(None, gt=0, description="defaults to temperature")
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    loss: Literal["token", "sequence"] = "token"
+    clip_eps_low: float = Field(0.2, ge=0)
+    clip_eps_high: float = Field(0.28, ge=0)
+    kl_coef: float = Field(0.0, ge=0)
+    turn_credit_coef: float = Field(0.0, ge=0, description="weight of per-turn process-grader advantages")
+    lora: LoraConfig | None = Field(default_factory=LoraConfig, description="null for full fine-tuning")
+    seed: int = 0
+    keep_checkpoints: int = Field(3, ge=1)
+    tool_timeout_s: float = Field(30.0, gt=0)
+    tool_workers: int = Field(16, ge=1)
+    max_batch_trajectories: int = Field(64, ge=1, description="trajectories decoded together")
+
+
+class HttpToolConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    server_url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class McpToolConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    mcp: str = Field(description="a command line (stdio) or an http(s) URL (streamable HTTP)")
+
+
+class ApprovalConfig(_Strict):
+    policy: str = Field("allow", description="allow | deny | module:function(call, item, messages) -> bool")
+
+
+class RunConfig(_Strict):
+    name: str | None = None
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    tools: list[str | HttpToolConfig | McpToolConfig] = Field(default_factory=list)
+    grader: dict[str, Any]
+    holdout_graders: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    response_format: dict[str, Any] | None = None
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    store: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<output_dir>/agentrft.db")
+    output_dir: str = "runs"
+    base_dir: str = Field(".", description="set by the loader: the config file's directory")
+
+    @field_validator("grader", mode="before")
+    @classmethod
+    def _grader_from_file(cls, v: Any, info: Any) -> Any:
+        return v  # paths are resolved in load_config (needs base_dir)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if not self.grader.get("type"):
+            raise ValueError("grader.type is required")
+        return self
+
+    # ---- resolved paths --------------------------------------------------------------------------
+    def path(self, p: str | None) -> Path | None:
+        if p is None:
+            return None
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else (Path(self.base_dir) / q)
+
+    @property
+    def output_path(self) -> Path:
+        return self.path(self.output_dir)  # type: ignore[return-value]
+
+    @property
+    def store_url(self) -> str:
+        if self.store:
+            if self.store.startswith("sqlite:///") and not self.store.startswith("sqlite:////"):
+                rel = self.store[len("sqlite:///") :]
+                return "sqlite:///" + str(self.path(rel))
+            return self.store
+        return "sqlite:///" + str(self.output_path / "agentrft.db")
+
+    @property
+    def model_path(self) -> str:
+        """A local path relative to the config if it exists there, else the string as given (HF id)."""
+        local = self.path(self.model)
+        return str(local) if local is not None and local.exists() else self.model
+
+
+def _format_errors(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-", "str", "HttpToolConfig")))
+        lines.append(f"{source}: {loc or '(top level)'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<config>") -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    data.setdefault("base_dir", str(base_dir))
+    grader = data.get("grader")
+    if isinstance(grader, str):
+        gpath = Path(grader) if Path(grader).is_absolute() else Path(base_dir) / grader
+        try:
+            data["grader"] = json.loads(gpath.read_text())
+        except OSError as e:
+            raise ConfigError(f"{source}: grader: cannot read {gpath}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source}: grader: {gpath}:{e.lineno}: not valid JSON: {e.msg}") from None
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if overrides and isinstance(data, dict):
+        data = _deep_merge(data, overrides)
+    return parse_config(data, base_dir=path.parent.resolve(), source=str(path))
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

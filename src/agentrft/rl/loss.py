@@ -1,0 +1,78 @@
+"""The clipped policy-gradient loss of the GRPO family, with optional KL to a reference policy.
+
+Notation, per sampled token t of trajectory i: new log-prob ℓ_t (current policy, with gradient), sampling
+log-prob ℓ°_t (recorded by the sampler), reference log-prob ℓʳ_t, advantage A_t, loss mask m_t ∈ {0,1}.
+
+Token level (PPO/GRPO, aggregated over all tokens of the step as in DAPO):
+
+    ρ_t = exp(ℓ_t − ℓ°_t)
+    L_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t)
+    L   = Σ_t m_t L_t / N_tokens
+
+Sequence level (GSPO): one ratio per trajectory, the geometric mean of its token ratios,
+
+    s_i = exp( Σ_t m_t (ℓ_t − ℓ°_t) / Σ_t m_t ),   Â_i = mean of A_t over its sampled tokens
+    L   = Σ_i −min(s_i Â_i, clip(s_i, 1 − ε_low, 1 + ε_high) Â_i) / N_sequences
+
+KL to the reference (k3 estimator, unbiased and ≥ 0):  k_t = exp(ℓʳ_t − ℓ_t) − (ℓʳ_t − ℓ_t) − 1, added as
+``kl_coef · Σ_t m_t k_t / N_tokens``.
+
+``N_tokens``/``N_sequences`` are totals over the whole optimizer step (all micro-batches), so gradient
+accumulation over micro-batches gives exactly the gradient of the full-batch loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def clipped_policy_loss(
+    new_lp: torch.Tensor,  # [B, T]
+    old_lp: torch.Tensor,  # [B, T]
+    adv: torch.Tensor,  # [B, T]
+    mask: torch.Tensor,  # [B, T] float
+    *,
+    eps_low: float,
+    eps_high: float,
+    level: str,
+    norm: float,
+    ref_lp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_norm: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Return (loss to backpropagate for this micro-batch, statistics summed over it)."""
+    stats: dict[str, float] = {}
+    if level == "token":
+        log_ratio = (new_lp - old_lp) * mask
+        ratio = torch.exp(log_ratio)
+        unclipped = ratio * adv
+        clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+        per_tok = -torch.minimum(unclipped, clipped)
+        loss = (per_tok * mask).sum() / norm
+        was_clipped = ((clipped < unclipped).float() * mask).sum()
+        stats["clipped"] = float(was_clipped)
+        stats["ratio_sum"] = float((ratio * mask).sum())
+        stats["units"] = float(mask.sum())
+    elif level == "sequence":
+        n = mask.sum(-1).clamp(min=1.0)
+        seq_lr = ((new_lp - old_lp) * mask).sum(-1) / n
+        s = torch.exp(seq_lr)
+        a = (adv * mask).sum(-1) / n
+        has = (mask.sum(-1) > 0).float()
+        unclipped = s * a
+        clipped = torch.clamp(s, 1.0 - eps_low, 1.0 + eps_high) * a
+        per_seq = -torch.minimum(unclipped, clipped) * has
+        loss = per_seq.sum() / norm
+        stats["clipped"] = float(((clipped < unclipped).float() * has).sum())
+        stats["ratio_sum"] = float((s * has).sum())
+        stats["units"] = float(has.sum())
+    else:
+        raise ValueError(f"unknown loss level {level!r} (token, sequence)")
+    if ref_lp is not None:
+        d = ref_lp - new_lp
+        k3 = (torch.exp(d) - d - 1.0) * mask
+        if kl_coef:
+            loss = loss + kl_coef * k3.sum() / (kl_norm or norm)
+        stats["kl_sum"] = float(k3.detach().sum())
+    stats["pg_loss_sum"] = float(loss.detach()) * norm
+    return loss, stats

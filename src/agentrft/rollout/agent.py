@@ -1,0 +1,242 @@
+"""The agent loop: many multi-turn tool-calling rollouts at once.
+
+Each rollout alternates *generate* (the sampler writes the next assistant turn) and *act* (its tool calls run).
+The loop keeps two sets: trajectories ready to generate, and trajectories waiting on tools. Ready ones are
+decoded together in one batch while the tool calls of the waiting ones run on worker threads, so a trajectory
+waiting on a slow tool never holds the others back; as soon as all calls of a turn are back, its trajectory
+rejoins the next batch.
+
+A rollout ends when the model answers without calling a tool (``completed``), when it tries to call past the
+tool-call budget (``tool_budget``), at the turn limit (``max_turns``), when the context is full
+(``context_limit``), or when a tool backend says the rollout must be dropped (``dropped``, e.g. a 5xx after
+retries under the Agent RFT contract).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from agentrft.policy.sampler import Generation, SamplingParams
+from agentrft.rollout.parse import parse_turn
+from agentrft.rollout.render import ChatRenderer
+from agentrft.tools.registry import ToolContext
+from agentrft.tools.router import ToolRouter
+from agentrft.types import ToolCall, Trajectory, Turn, new_call_id, new_trace_id
+
+
+@dataclass
+class RolloutTask:
+    row: Any  # agentrft.data.Row: .index, .messages, .tools, .item, .tool_names
+    seed: int
+    split: str = "train"
+    group_id: str = ""
+    sample_index: int = 0
+    trace_id: str = field(default_factory=new_trace_id)
+    data_dir: str | None = None
+
+
+@dataclass
+class RolloutLimits:
+    max_turns: int = 8
+    max_episode_steps: int = 8  # tool-call budget
+    max_context_tokens: int = 2048
+
+
+@dataclass
+class _State:
+    task: RolloutTask
+    traj: Trajectory
+    conversation: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    allowed: set[str] | None
+    ctx: ToolContext
+    gen: torch.Generator
+    t_start: float
+    calls_used: int = 0
+    pending: list[cf.Future] = field(default_factory=list)
+    pending_turn: Turn | None = None
+    over_budget: bool = False
+    ended_with_eos: bool = True
+    tool_t0: float = 0.0
+
+
+class AgentLoop:
+    def __init__(
+        self,
+        sampler: Any,
+        renderer: ChatRenderer,
+        router: ToolRouter,
+        *,
+        limits: RolloutLimits,
+        max_batch: int = 64,
+        checkpoint_id: str | None = None,
+    ):
+        self.sampler = sampler
+        self.renderer = renderer
+        self.router = router
+        self.limits = limits
+        self.max_batch = max_batch
+        self.checkpoint_id = checkpoint_id
+
+    # ---- public ----------------------------------------------------------------------------------
+    def run(
+        self,
+        tasks: list[RolloutTask],
+        params: SamplingParams,
+        on_done: Callable[[Trajectory], None] | None = None,
+    ) -> list[Trajectory]:
+        """Roll out every task; returns trajectories in the order of ``tasks``."""
+        states = [self._start(t) for t in tasks]
+        ready: deque[_State] = deque()
+        waiting: list[_State] = []
+        finished = 0
+        for s in states:
+            if s.traj.outcome == "context_limit":
+                self._finish(s, "context_limit", on_done)
+                finished += 1
+            else:
+                ready.append(s)
+        while ready or waiting:
+            if ready:
+                batch = [ready.popleft() for _ in range(min(self.max_batch, len(ready)))]
+                limits = [self.limits.max_context_tokens - len(s.traj.token_ids) for s in batch]
+                gens = self.sampler.generate(
+                    [s.traj.token_ids for s in batch], params, [s.gen for s in batch], limits=limits
+                )
+                for s, g in zip(batch, gens):
+                    end = self._after_generate(s, g)
+                    if end:
+                        self._finish(s, end, on_done)
+                    else:
+                        waiting.append(s)
+            elif waiting:
+                cf.wait([f for s in waiting for f in s.pending], return_when=cf.FIRST_COMPLETED)
+            still = []
+            for s in waiting:
+                if all(f.done() for f in s.pending):
+                    end = self._after_tools(s)
+                    if end:
+                        self._finish(s, end, on_done)
+                    else:
+                        ready.append(s)
+                else:
+                    still.append(s)
+            waiting = still
+        return [s.traj for s in states]
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def _start(self, task: RolloutTask) -> _State:
+        row = task.row
+        tools = row.tools if row.tools else (self.router.schemas() or None)
+        allowed = set(row.tool_names) if row.tools else None
+        traj = Trajectory(
+            trace_id=task.trace_id,
+            row_index=row.index,
+            split=task.split,
+            group_id=task.group_id,
+            sample_index=task.sample_index,
+            messages=[dict(m) for m in row.messages],
+            checkpoint_id=self.checkpoint_id,
+        )
+        ids = self.renderer.prompt_ids(row.messages, tools)
+        traj.token_ids, traj.loss_mask, traj.logprobs = list(ids), [0] * len(ids), [0.0] * len(ids)
+        traj.prompt_len = len(ids)
+        if len(ids) >= self.limits.max_context_tokens:
+            traj.outcome = "context_limit"
+        gen = torch.Generator().manual_seed(int(task.seed) % (2**63))
+        ctx = ToolContext(trace_id=task.trace_id, item=row.item, data_dir=task.data_dir)
+        return _State(task, traj, [dict(m) for m in row.messages], tools, allowed, ctx, gen, time.perf_counter())
+
+    def _after_generate(self, s: _State, g: Generation) -> str | None:
+        traj = s.traj
+        start = len(traj.token_ids)
+        traj.token_ids += g.ids
+        traj.loss_mask += [1] * len(g.ids)
+        traj.logprobs += g.logprobs
+        s.ended_with_eos = g.finish_reason == "stop"
+        text_ids = g.ids[:-1] if s.ended_with_eos else g.ids
+        text = self.renderer.decode(text_ids)
+        parsed = parse_turn(text)
+        turn = Turn(
+            index=len(traj.turns),
+            start=start,
+            end=len(traj.token_ids),
+            text=text,
+            finish_reason=g.finish_reason,
+            parse_error="; ".join(parsed.errors) or None,
+            gen_latency_s=g.latency_s,
+        )
+        traj.turns.append(turn)
+        msg: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+        for pc in parsed.calls:
+            turn.tool_calls.append(ToolCall(call_id=new_call_id(), name=pc.name, arguments=pc.arguments, turn_index=turn.index))
+        if turn.tool_calls:
+            msg["tool_calls"] = [c.as_openai() for c in turn.tool_calls]
+        s.conversation.append(msg)
+        traj.messages.append(msg)
+        if parsed.is_final:
+            return "completed"
+        if len(traj.turns) >= self.limits.max_turns:
+            for c in turn.tool_calls:
+                c.status, c.error, c.output = "budget", "turn limit reached", "Error: turn limit reached."
+            return "max_turns"
+        s.pending = []
+        s.tool_t0 = time.perf_counter()
+        for c in turn.tool_calls:
+            if s.calls_used >= self.limits.max_episode_steps:
+                c.status, c.error = "budget", "tool-call budget exhausted"
+                c.output = f"Error: tool-call budget of {self.limits.max_episode_steps} calls exhausted."
+                s.over_budget = True
+                continue
+            s.calls_used += 1
+            s.pending.append(self.router.submit(c, s.ctx, allowed=s.allowed, messages=list(s.conversation)))
+        s.pending_turn = turn
+        return None
+
+    def _after_tools(self, s: _State) -> str | None:
+        traj, turn = s.traj, s.pending_turn
+        assert turn is not None
+        traj.tool_time_s += time.perf_counter() - s.tool_t0
+        s.pending = []
+        new_msgs: list[dict[str, Any]] = []
+        for c in turn.tool_calls:
+            new_msgs.append({"role": "tool", "tool_call_id": c.call_id, "name": c.name, "content": c.output})
+        if turn.parse_error:
+            new_msgs.append(
+                {
+                    "role": "tool",
+                    "name": "error",
+                    "content": f"Error: {turn.parse_error}. Write calls as "
+                    '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>.',
+                }
+            )
+        traj.messages += new_msgs
+        dropped = [c for c in turn.tool_calls if c.meta.get("drop")]
+        if dropped:
+            traj.drop_reason = f"tool {dropped[0].name!r}: {dropped[0].error or 'server error'}"
+            return "dropped"
+        if s.over_budget:
+            return "tool_budget"
+        cont = self.renderer.continuation_ids(s.conversation, new_msgs, s.tools, sampled_ended_with_eos=s.ended_with_eos)
+        s.conversation += new_msgs
+        traj.token_ids += cont
+        traj.loss_mask += [0] * len(cont)
+        traj.logprobs += [0.0] * len(cont)
+        if len(traj.token_ids) >= self.limits.max_context_tokens:
+            return "context_limit"
+        return None
+
+    def _finish(self, s: _State, outcome: str, on_done: Callable[[Trajectory], None] | None) -> None:
+        s.traj.outcome = outcome
+        errors = self.router.end_rollout(s.ctx)
+        if errors:
+            s.traj.drop_reason = (s.traj.drop_reason or "") + " cleanup: " + "; ".join(errors)
+        s.traj.latency_s = time.perf_counter() - s.t_start
+        if on_done:
+            on_done(s.traj)
