@@ -1,0 +1,147 @@
+"""Helpers shared by the bundled environments: deterministic JSONL, demo conversations, answer parsing.
+
+Determinism: every generator draws from one ``random.Random(seed)`` and never iterates a ``set`` of strings
+(Python salts string hashes per process), so the same seed gives byte-identical files in any process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from agentrft.tools.registry import PythonTool, ToolContext
+
+
+def dumps(obj: Any) -> str:
+    """One canonical JSON line (stable key order as built, UTF-8 kept, no trailing spaces)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write rows atomically (temp file + rename) so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(dumps(row) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Read rows; a bad line raises ValueError naming ``file:line``."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON: {e}") from e
+
+
+def tool_schemas(tools: list[PythonTool]) -> list[dict[str, Any]]:
+    return [t.schema for t in tools]
+
+
+def run_demo(
+    row: dict[str, Any],
+    plan: list[tuple[str, dict[str, Any]]],
+    answer: str,
+    tools: dict[str, PythonTool],
+    *,
+    trace_id: str,
+    data_dir: str | None,
+) -> list[dict[str, Any]]:
+    """Execute a demonstration plan against the REAL tools and return the whole conversation.
+
+    ``plan`` is a list of (tool name, arguments); each becomes one assistant message with one tool call
+    (``id`` ``call_<k>``, arguments a JSON string) followed by the ``role: tool`` message holding what the
+    tool really returned. The conversation ends with the assistant's final ``answer``. Per-rollout state
+    (e.g. a support_desk database copy) is released when the plan ends.
+    """
+    ctx = ToolContext(trace_id=trace_id, item=row, data_dir=data_dir)
+    messages = [dict(m) for m in row["messages"]]
+    try:
+        for k, (name, args) in enumerate(plan):
+            call_id = f"call_{k}"
+            out = tools[name].invoke(dict(args), ctx.for_call(call_id))
+            if not isinstance(out, str):
+                out = json.dumps(out)
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": json.dumps(args)},
+                        }
+                    ],
+                }
+            )
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": out})
+    finally:
+        errors = ctx.close()
+        if errors:
+            raise RuntimeError(f"demo {trace_id}: cleanup failed: {errors}")
+    messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def efficiency(n_calls: int, target: int, budget: int) -> float:
+    """The ``tool_efficiency`` shape used in our graders: 1.0 at/below ``target`` calls, 0.0 at/above
+    ``budget``, linear in between: ``clip((budget - n) / (budget - target), 0, 1)``.
+
+    (The grader type itself lives in agentrft.graders; this copy documents the math for the envs' docs/tests.)
+    """
+    if n_calls <= target:
+        return 1.0
+    if n_calls >= budget:
+        return 0.0
+    return (budget - n_calls) / (budget - target)
+
+
+def final_line(text: str | None) -> str:
+    """The answer line: the last non-empty line of the final text, whitespace collapsed, trailing '.' dropped."""
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    return re.sub(r"\s+", " ", lines[-1]).rstrip(".").strip()
+
+
+def trajectory_calls(sample: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The rollout's tool calls (name, arguments, output, status), or None when the sample has no trajectory
+    (e.g. OpenAI ``graders/run`` on bare text). Falls back to ``output_tools`` (no outputs/statuses)."""
+    traj = sample.get("trajectory")
+    if isinstance(traj, dict) and isinstance(traj.get("tool_calls"), list):
+        return traj["tool_calls"]
+    tools = sample.get("output_tools")
+    if isinstance(tools, list) and tools:
+        out = []
+        for t in tools:
+            fn = (t or {}).get("function") or {}
+            out.append({"name": fn.get("name"), "arguments": fn.get("arguments"), "output": "", "status": "ok"})
+        return out
+    return None
+
+
+def parse_args(arguments: Any) -> dict[str, Any] | None:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        v = json.loads(arguments) if arguments else {}
+    except (TypeError, ValueError):
+        return None
+    return v if isinstance(v, dict) else None
