@@ -145,3 +145,27 @@ def parse_args(arguments: Any) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return v if isinstance(v, dict) else None
+
+
+def trajectory_from_messages(messages: list[dict[str, Any]], trace_id: str = "trace_demo", row_index: int = 0):
+    """A :class:`~agentrft.types.Trajectory` (message view only, no tokens) from an OpenAI-form conversation,
+    e.g. a demo row's ``messages``: one Turn per assistant message, tool outputs matched by ``tool_call_id``.
+    Lets graders score demonstrations and hand-made conversations exactly as they score rollouts."""
+    from agentrft.types import ToolCall, Trajectory, Turn
+
+    outputs = {m.get("tool_call_id"): m.get("content") or "" for m in messages if m.get("role") == "tool"}
+    turns = []
+    for m in messages:
+        if m.get("role") != "assistant":
+            continue
+        idx = len(turns)
+        calls = []
+        for c in m.get("tool_calls") or []:
+            fn = c.get("function") or {}
+            cid = c.get("id") or f"call_{idx}_{len(calls)}"
+            calls.append(
+                ToolCall(call_id=cid, name=fn.get("name", ""), arguments=fn.get("arguments", ""), turn_index=idx,
+                         output=outputs.get(cid, ""))
+            )
+        turns.append(Turn(index=idx, start=0, end=0, text=m.get("content") or "", tool_calls=calls))
+    return Trajectory(trace_id=trace_id, row_index=row_index, messages=list(messages), turns=turns)
