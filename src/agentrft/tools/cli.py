@@ -19,13 +19,17 @@ def serve_cmd(
         None, envvar="AGENTRFT_TOOLS_TOKEN", help="Bearer token clients must send (env: AGENTRFT_TOOLS_TOKEN)."
     ),
     ttl_s: float = typer.Option(900.0, "--ttl-s", help="Seconds an idle trace's state is kept before cleanup."),
+    data_dir: Optional[str] = typer.Option(
+        None, "--data-dir", help="Directory of the dataset; files a row names (e.g. support_desk's db) resolve here."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve ENV's tools at POST / (Agent RFT contract), with per-trace_id state."""
     from agentrft.tools.server import check_bind, serve
 
     try:
         check_bind(host, token)
-        serve(env, host=host, port=port, token=token, ttl_s=ttl_s)
+        serve(env, host=host, port=port, token=token, data_dir=data_dir, ttl_s=ttl_s, log_level=log_level)
     except (ValueError, KeyError, LookupError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

@@ -303,15 +303,23 @@ def serve(
     port: int = 8765,
     token: str | None = None,
     *,
+    data_dir: str | None = None,
     ttl_s: float = 900.0,
     log_level: str = "info",
 ) -> None:
-    """Serve a bundled environment's tools (blocking)."""
+    """Serve a bundled environment's tools (blocking).
+
+    ``data_dir`` is the directory of the dataset the rows come from: files a row names (support_desk's
+    ``item["db"]``) resolve against it, exactly as in-process.
+    """
+    import os
+
     import uvicorn
 
     check_bind(host, token)
-    tools, env = environment_tools(env_name)
-    data_dir = getattr(env, "data_dir", None)
-    app = make_tool_server(tools, token=token, ttl_s=ttl_s, data_dir=str(data_dir) if data_dir else None,
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise ValueError(f"--data-dir {data_dir!r} is not a directory")
+    tools, _env = environment_tools(env_name)
+    app = make_tool_server(tools, token=token, ttl_s=ttl_s, data_dir=os.path.abspath(data_dir) if data_dir else None,
                            title=f"agentrft tools: {env_name}")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
