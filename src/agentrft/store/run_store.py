@@ -1,0 +1,567 @@
+"""RunStore: every run, step, trajectory, tool call, grade and checkpoint, in one SQL database.
+
+The default is a SQLite file in WAL mode (readers never block the writer; a dashboard can read while training
+writes); any SQLAlchemy URL works (``postgresql+psycopg://…``).
+
+Atomicity. :meth:`RunStore.record_step` writes a step's metrics row and all of its trajectories, tool calls and
+grades in ONE transaction, so a process killed at any instant leaves either the whole step or none of it
+(SQLite's WAL commit is atomic: a transaction whose commit frame did not reach the log is ignored on reopen).
+Re-recording the same (run, step, split) first deletes what was there, in the same transaction, so a resumed
+run never duplicates. :meth:`RunStore.delete_after` removes everything past a step (resume after a kill).
+
+Concurrency. Each call opens its own session, so one store can be shared by threads. On SQLite every write
+transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock up front and waits up to ``busy_timeout_s``
+for it), which avoids the deferred-transaction upgrade failure ("database is locked") between two writers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import secrets
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from agentrft.store.schema import (
+    SCHEMA_VERSION,
+    Audit,
+    Base,
+    CheckpointRow,
+    GradeRow,
+    Meta,
+    Run,
+    Step,
+    ToolCallRow,
+    TrajectoryRow,
+    utcnow,
+)
+from agentrft.types import Trajectory
+
+# OpenAI's job statuses; "queued" is the status of a run just created.
+RUN_STATUSES = ("validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled")
+_CHUNK = 500  # ids per IN (...) clause, well under SQLite's bound-parameter limit
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done, with a message saying why."""
+
+
+class RunNotFound(StoreError, LookupError):
+    pass
+
+
+class AmbiguousRunId(StoreError, ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _json_default(o: Any) -> Any:
+    """Values json cannot write by itself: numpy / torch scalars and arrays, paths, sets, dataclasses, datetimes."""
+    if hasattr(o, "tolist") and callable(o.tolist):  # numpy arrays and scalars, torch tensors
+        return o.tolist()
+    if hasattr(o, "item") and callable(o.item):
+        return o.item()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o, key=str)
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    raise TypeError(f"cannot store a value of type {type(o).__name__} as JSON: {o!r:.200}")
+
+
+def _finite(o: Any) -> Any:
+    """Non-finite floats as strings ("NaN", "Infinity", "-Infinity"): strict JSON columns (Postgres) reject them."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return "NaN" if math.isnan(o) else ("Infinity" if o > 0 else "-Infinity")
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _dumps_sqlite(o: Any) -> str:
+    # SQLite stores the text as is and Python's json reads NaN back, so NaN metrics round-trip as floats.
+    return json.dumps(o, ensure_ascii=False, default=_json_default)
+
+
+def _dumps_strict(o: Any) -> str:
+    return json.dumps(_finite(json.loads(_dumps_sqlite(o))), ensure_ascii=False, allow_nan=False)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:  # SQLite gives naive datetimes back; they were written in UTC
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.isoformat()
+
+
+def _chunks(seq: list[Any], n: int = _CHUNK) -> Iterator[list[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the store
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RunStore:
+    """The run store. ``url``: any SQLAlchemy URL, or a plain file path (taken as a SQLite file)."""
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0, echo: bool = False):
+        if "://" not in str(url):
+            url = f"sqlite:///{Path(url)}"
+        self.url = str(url)
+        parsed = make_url(self.url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            db = parsed.database or ""
+            memory = db in ("", ":memory:") or "mode=memory" in self.url
+            if not memory and not db.startswith("file:"):
+                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            kwargs["json_serializer"] = _dumps_sqlite
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
+            if memory:  # one shared connection, or every thread would see its own empty database
+                kwargs["poolclass"] = StaticPool
+        else:
+            kwargs["json_serializer"] = _dumps_strict
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            _sqlite_setup(self.engine, busy_timeout_s)
+        self._writer = self.engine.execution_options(agentrft_write=True)
+        with self._writer.begin() as conn:
+            Base.metadata.create_all(conn)
+        with self._write() as s:
+            if s.get(Meta, "schema_version") is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    @classmethod
+    def for_path(cls, path: str | os.PathLike, **kwargs: Any) -> "RunStore":
+        """A store in the SQLite file ``path`` (created with its parent directories)."""
+        return cls(f"sqlite:///{Path(path).expanduser().resolve()}", **kwargs)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.url!r})"
+
+    # ---- sessions ------------------------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction (BEGIN IMMEDIATE on SQLite): committed whole on exit, rolled back on error."""
+        with Session(self._writer, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """One read transaction: every query inside sees the same snapshot."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    # ---- runs ----------------------------------------------------------------------------------------------
+    def create_run(self, name: str, config: dict, *, base_model: str = "", output_dir: str = "") -> str:
+        """Create a run; its id is ``run-YYYYMMDD-HHMMSS-xxxx`` (UTC time, then 4 random hex digits), so ids sort
+        by creation time and a short prefix names one run."""
+        for _ in range(20):
+            now = utcnow()
+            run_id = f"run-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+            try:
+                with self._write() as s:
+                    s.add(Run(id=run_id, name=name, status="queued", config=config or {}, base_model=base_model or "",
+                              output_dir=str(output_dir or ""), created_at=now, updated_at=now))
+                return run_id
+            except IntegrityError:  # the same second and the same 4 hex digits: draw again
+                continue
+        raise StoreError("could not draw a unique run id in 20 tries")
+
+    def resolve_run_id(self, run_id: str) -> str:
+        """The full id of the run ``run_id`` names (exactly, or as a unique prefix); raises if none or several."""
+        with self._read() as s:
+            if s.get(Run, run_id) is not None:
+                return run_id
+            pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            ids = s.scalars(select(Run.id).where(Run.id.like(pattern, escape="\\")).order_by(Run.id).limit(11)).all()
+        if not ids:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        if len(ids) > 1:
+            more = ", …" if len(ids) > 10 else ""
+            raise AmbiguousRunId(f"run id prefix {run_id!r} matches several runs: {', '.join(ids[:10])}{more}")
+        return ids[0]
+
+    def get_run(self, run_id: str) -> dict | None:
+        """The run (exact id or unique prefix), with ``latest_step`` and ``best_valid_reward``; None if no such run.
+        An ambiguous prefix raises :class:`AmbiguousRunId`."""
+        try:
+            full = self.resolve_run_id(run_id)
+        except RunNotFound:
+            return None
+        with self._read() as s:
+            run = s.get(Run, full)
+            if run is None:
+                return None
+            return self._run_dicts(s, [run])[0]
+
+    def list_runs(self) -> list[dict]:
+        """All runs, newest first, each with ``latest_step`` and ``best_valid_reward``."""
+        with self._read() as s:
+            runs = s.scalars(select(Run).order_by(Run.created_at.desc(), Run.id.desc())).all()
+            return self._run_dicts(s, list(runs))
+
+    def _run_dicts(self, s: Session, runs: list[Run]) -> list[dict]:
+        """``latest_step``: the highest step recorded (any split), None before the first.
+        ``best_valid_reward``: the highest ``val_reward`` of the run's checkpoints; without checkpoints, the highest
+        ``valid_reward_mean`` (else ``reward_mean``) among its ``valid`` steps' metrics; None when neither exists."""
+        ids = [r.id for r in runs]
+        latest: dict[str, int] = {}
+        best: dict[str, float] = {}
+        for chunk in _chunks(ids):
+            latest.update(s.execute(select(Step.run_id, func.max(Step.step)).where(Step.run_id.in_(chunk))
+                                    .group_by(Step.run_id)).all())
+            best.update((k, v) for k, v in s.execute(
+                select(CheckpointRow.run_id, func.max(CheckpointRow.val_reward))
+                .where(CheckpointRow.run_id.in_(chunk)).group_by(CheckpointRow.run_id)) if v is not None)
+        missing = [i for i in ids if i not in best]
+        for chunk in _chunks(missing):
+            for rid, metrics in s.execute(select(Step.run_id, Step.metrics)
+                                          .where(Step.run_id.in_(chunk), Step.split == "valid")):
+                v = (metrics or {}).get("valid_reward_mean", (metrics or {}).get("reward_mean"))
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    best[rid] = max(best.get(rid, -math.inf), float(v))
+        return [{
+            "id": r.id, "name": r.name, "status": r.status, "config": r.config, "base_model": r.base_model,
+            "output_dir": r.output_dir, "created_at": _iso(r.created_at), "updated_at": _iso(r.updated_at),
+            "latest_step": latest.get(r.id), "best_valid_reward": best.get(r.id),
+        } for r in runs]
+
+    def set_status(self, run_id: str, status: str) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r} (allowed: {', '.join(RUN_STATUSES)})")
+        with self._write() as s:
+            n = s.execute(update(Run).where(Run.id == run_id).values(status=status, updated_at=utcnow())).rowcount
+            if not n:
+                raise RunNotFound(f"no run with id {run_id!r}")
+
+    # ---- steps ---------------------------------------------------------------------------------------------
+    def record_step(self, run_id: str, step: int, split: str, metrics: dict,
+                    trajectories: Iterable[Trajectory]) -> None:
+        """Write the step's metrics and every trajectory (with tool calls and grades) in ONE transaction.
+
+        Idempotent per (run, step, split): what was recorded there before is replaced. Trajectories are stored
+        under ``split`` (the step's split, e.g. ``eval:heldout``), whatever their own ``split`` field says.
+        A ``trace_id`` already stored under another step, or repeated in the list, is an error (nothing written).
+        """
+        trajs = list(trajectories)
+        _check_split(split)
+        traces = [t.trace_id for t in trajs]
+        dup = sorted({x for x in traces if traces.count(x) > 1}) if len(set(traces)) != len(traces) else []
+        if dup:
+            raise StoreError(f"record_step({run_id}, step {step}, {split}): trace_id repeated in the list: {dup[:5]}")
+        traj_rows, call_rows, grade_rows = [], [], []
+        now = utcnow()
+        for t in trajs:
+            tr, calls, grades = _trajectory_rows(run_id, step, split, t, now)
+            traj_rows.append(tr)
+            call_rows += calls
+            grade_rows += grades
+        with self._write() as s:
+            if s.get(Run, run_id) is None:
+                raise RunNotFound(f"record_step: no run with id {run_id!r}")
+            self._delete_where(s, run_id, (TrajectoryRow.step == step) & (TrajectoryRow.split == split),
+                               (Step.step == step) & (Step.split == split), None)
+            for chunk in _chunks(traces):
+                clash = s.execute(select(TrajectoryRow.trace_id, TrajectoryRow.run_id, TrajectoryRow.step,
+                                         TrajectoryRow.split).where(TrajectoryRow.trace_id.in_(chunk))).first()
+                if clash:
+                    raise StoreError(f"record_step({run_id}, step {step}, {split}): trace_id {clash[0]} is already "
+                                     f"stored under run {clash[1]}, step {clash[2]}, split {clash[3]}")
+            s.add(Step(run_id=run_id, step=step, split=split, metrics=metrics or {}, created_at=now))
+            if traj_rows:
+                s.execute(TrajectoryRow.__table__.insert(), traj_rows)
+            if call_rows:
+                s.execute(ToolCallRow.__table__.insert(), call_rows)
+            if grade_rows:
+                s.execute(GradeRow.__table__.insert(), grade_rows)
+            s.execute(update(Run).where(Run.id == run_id).values(updated_at=now))
+
+    def delete_after(self, run_id: str, step: int) -> int:
+        """Remove the steps, trajectories, tool calls, grades and checkpoints with step > ``step`` (one transaction);
+        returns the number of rows removed. Used when a killed run resumes from the checkpoint at ``step``."""
+        with self._write() as s:
+            return self._delete_where(s, run_id, TrajectoryRow.step > step, Step.step > step,
+                                      CheckpointRow.step > step)
+
+    @staticmethod
+    def _delete_where(s: Session, run_id: str, traj_cond: Any, step_cond: Any, ckpt_cond: Any) -> int:
+        traces = select(TrajectoryRow.trace_id).where(TrajectoryRow.run_id == run_id, traj_cond).scalar_subquery()
+        n = 0
+        n += s.execute(delete(ToolCallRow).where(ToolCallRow.run_id == run_id, ToolCallRow.trace_id.in_(traces))).rowcount
+        n += s.execute(delete(GradeRow).where(GradeRow.run_id == run_id, GradeRow.trace_id.in_(traces))).rowcount
+        n += s.execute(delete(TrajectoryRow).where(TrajectoryRow.run_id == run_id, traj_cond)).rowcount
+        n += s.execute(delete(Step).where(Step.run_id == run_id, step_cond)).rowcount
+        if ckpt_cond is not None:
+            n += s.execute(delete(CheckpointRow).where(CheckpointRow.run_id == run_id, ckpt_cond)).rowcount
+        return n
+
+    def step_metrics(self, run_id: str, split: str | None = None) -> list[dict]:
+        """``[{"step", "split", **metrics}]`` ordered by step then split."""
+        q = select(Step).where(Step.run_id == run_id)
+        if split is not None:
+            q = q.where(Step.split == split)
+        with self._read() as s:
+            return [{**(r.metrics or {}), "step": r.step, "split": r.split}
+                    for r in s.scalars(q.order_by(Step.step, Step.split))]
+
+    # ---- trajectories --------------------------------------------------------------------------------------
+    def trajectories(self, run_id: str, *, step: int | None = None, split: str | None = None,
+                     limit: int | None = None) -> list[dict]:
+        """Trajectories of a run (ordered by step, split, row, sample), each with ``tool_calls`` and ``grades``."""
+        q = select(TrajectoryRow).where(TrajectoryRow.run_id == run_id)
+        if step is not None:
+            q = q.where(TrajectoryRow.step == step)
+        if split is not None:
+            q = q.where(TrajectoryRow.split == split)
+        q = q.order_by(TrajectoryRow.step, TrajectoryRow.split, TrajectoryRow.row_index, TrajectoryRow.sample_index,
+                       TrajectoryRow.trace_id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read() as s:
+            return self._nest(s, list(s.scalars(q)))
+
+    def trajectory(self, trace_id: str) -> dict | None:
+        with self._read() as s:
+            row = s.get(TrajectoryRow, trace_id)
+            return self._nest(s, [row])[0] if row is not None else None
+
+    def _nest(self, s: Session, rows: list[TrajectoryRow]) -> list[dict]:
+        out = {r.trace_id: _traj_dict(r) for r in rows}
+        ids = list(out)
+        for chunk in _chunks(ids):
+            for c in s.scalars(select(ToolCallRow).where(ToolCallRow.trace_id.in_(chunk))
+                               .order_by(ToolCallRow.trace_id, ToolCallRow.seq)):
+                out[c.trace_id]["tool_calls"].append(_call_dict(c))
+            for g in s.scalars(select(GradeRow).where(GradeRow.trace_id.in_(chunk)).order_by(GradeRow.id)):
+                out[g.trace_id]["grades"].append(_grade_dict(g))
+        return list(out.values())
+
+    def count_trajectories(self, run_id: str, split: str | None = None) -> int:
+        q = select(func.count()).select_from(TrajectoryRow).where(TrajectoryRow.run_id == run_id)
+        if split is not None:
+            q = q.where(TrajectoryRow.split == split)
+        with self._read() as s:
+            return int(s.scalar(q) or 0)
+
+    def tool_calls(self, *, trace_id: str | None = None, run_id: str | None = None) -> list[dict]:
+        """The audit query: tool calls of one trajectory or of a whole run, in order (step, trace, call), each with
+        its trajectory's ``step`` and ``split``."""
+        if trace_id is None and run_id is None:
+            raise ValueError("tool_calls: give trace_id or run_id")
+        q = select(ToolCallRow, TrajectoryRow.step, TrajectoryRow.split).join(
+            TrajectoryRow, TrajectoryRow.trace_id == ToolCallRow.trace_id)
+        if trace_id is not None:
+            q = q.where(ToolCallRow.trace_id == trace_id)
+        if run_id is not None:
+            q = q.where(ToolCallRow.run_id == run_id)
+        q = q.order_by(TrajectoryRow.step, TrajectoryRow.split, ToolCallRow.trace_id, ToolCallRow.seq)
+        with self._read() as s:
+            return [{**_call_dict(c), "step": st, "split": sp} for c, st, sp in s.execute(q)]
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def record_checkpoint(self, run_id: str, checkpoint_id: str, step: int, path: str | os.PathLike,
+                          metrics: dict, val_reward: float | None, kept: bool = True) -> None:
+        """Record (or, for the same id, replace) a checkpoint."""
+        with self._write() as s:
+            if s.get(Run, run_id) is None:
+                raise RunNotFound(f"record_checkpoint: no run with id {run_id!r}")
+            row = s.get(CheckpointRow, checkpoint_id)
+            if row is not None and row.run_id != run_id:
+                raise StoreError(f"checkpoint id {checkpoint_id!r} already belongs to run {row.run_id}")
+            if row is None:
+                row = CheckpointRow(id=checkpoint_id, run_id=run_id, created_at=utcnow())
+                s.add(row)
+            row.step, row.path, row.metrics = step, str(path), metrics or {}
+            row.val_reward = None if val_reward is None else float(val_reward)
+            row.kept = bool(kept)
+
+    def set_checkpoint_kept(self, checkpoint_id: str, kept: bool) -> None:
+        with self._write() as s:
+            n = s.execute(update(CheckpointRow).where(CheckpointRow.id == checkpoint_id).values(kept=bool(kept))).rowcount
+            if not n:
+                raise StoreError(f"no checkpoint with id {checkpoint_id!r}")
+
+    def checkpoints(self, run_id: str) -> list[dict]:
+        with self._read() as s:
+            rows = s.scalars(select(CheckpointRow).where(CheckpointRow.run_id == run_id)
+                             .order_by(CheckpointRow.step, CheckpointRow.created_at))
+            return [{"id": c.id, "run_id": c.run_id, "step": c.step, "path": c.path, "metrics": c.metrics,
+                     "val_reward": c.val_reward, "kept": c.kept, "created_at": _iso(c.created_at)} for c in rows]
+
+    # ---- audits (minimal; the audit stage extends) ---------------------------------------------------------
+    def add_audit(self, trace_id: str, verdict: str, *, reviewer: str = "", note: str = "") -> int:
+        with self._write() as s:
+            a = Audit(trace_id=trace_id, verdict=verdict, reviewer=reviewer, note=note, created_at=utcnow())
+            s.add(a)
+            s.flush()
+            return int(a.id)
+
+    def audits(self, trace_id: str | None = None) -> list[dict]:
+        q = select(Audit).order_by(Audit.id)
+        if trace_id is not None:
+            q = q.where(Audit.trace_id == trace_id)
+        with self._read() as s:
+            return [{"id": a.id, "trace_id": a.trace_id, "verdict": a.verdict, "reviewer": a.reviewer,
+                     "note": a.note, "created_at": _iso(a.created_at)} for a in s.scalars(q)]
+
+    # ---- diagnostics ---------------------------------------------------------------------------------------
+    def pragma(self, name: str) -> Any:
+        """A SQLite PRAGMA's value on a pooled connection (``journal_mode``, ``foreign_keys``, ``busy_timeout``)."""
+        if not self.is_sqlite:
+            raise StoreError("pragma() is for SQLite stores")
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"bad pragma name {name!r}")
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SQLite setup and row conversion
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
+    """WAL, foreign keys, busy timeout on every connection; our own BEGIN (IMMEDIATE for writes).
+
+    pysqlite's own transaction handling begins transactions late and never for SELECTs; turning it off
+    (``isolation_level = None``) and emitting BEGIN ourselves is SQLAlchemy's documented recipe.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("agentrft_write") else "BEGIN")
+
+
+def _check_split(split: str) -> None:
+    if split in ("train", "valid") or (split.startswith("eval:") and len(split) > 5):
+        return
+    raise ValueError(f"unknown split {split!r} (expected 'train', 'valid' or 'eval:<name>')")
+
+
+def _approval(meta: dict) -> str | None:
+    a = meta.get("approval")
+    if a is None:
+        return None
+    if isinstance(a, str):
+        return a
+    if isinstance(a, bool):
+        return "approved" if a else "denied"
+    if isinstance(a, dict):
+        d = a.get("decision", a.get("status"))
+        return str(d) if d is not None else json.dumps(a, default=str)[:100]
+    return str(a)[:100]
+
+
+def _trajectory_rows(run_id: str, step: int, split: str, t: Trajectory, now: datetime):
+    calls = t.tool_calls
+    total = len(t.token_ids) if t.token_ids else t.prompt_len + t.completion_tokens
+    traj = {
+        "trace_id": t.trace_id, "run_id": run_id, "step": step, "split": split, "row_index": t.row_index,
+        "group_id": t.group_id or "", "sample_index": t.sample_index, "checkpoint_id": t.checkpoint_id,
+        "messages": t.messages,
+        "turns": [{"index": u.index, "start": u.start, "end": u.end, "text": u.text, "finish_reason": u.finish_reason,
+                   "parse_error": u.parse_error, "gen_latency_s": u.gen_latency_s,
+                   "tool_call_ids": [c.call_id for c in u.tool_calls]} for u in t.turns],
+        "prompt_tokens": t.prompt_len, "completion_tokens": t.completion_tokens, "total_tokens": total,
+        "num_turns": t.num_turns, "num_tool_calls": len(calls), "tool_errors": t.tool_errors,
+        "outcome": t.outcome, "drop_reason": t.drop_reason, "reward": t.reward, "advantage": t.advantage,
+        "latency_s": t.latency_s, "tool_time_s": t.tool_time_s, "cost": getattr(t, "cost", None),
+        "created_at": now,
+    }
+    call_rows = []
+    for seq, c in enumerate(calls):
+        meta = dict(c.meta or {})
+        out = c.output or ""
+        raw = out.encode("utf-8", "surrogatepass")
+        call_rows.append({
+            "trace_id": t.trace_id, "run_id": run_id, "seq": seq, "turn_index": c.turn_index, "call_id": c.call_id,
+            "name": c.name, "arguments": c.arguments or "", "output": out,
+            # the router may have truncated the output and kept the full output's hash/size in meta
+            "output_sha256": str(meta.get("output_sha256") or hashlib.sha256(raw).hexdigest()),
+            "output_bytes": int(meta.get("output_bytes") or len(raw)),
+            "status": c.status, "error": c.error, "latency_s": c.latency_s, "retries": c.retries,
+            "approval": _approval(meta), "meta": meta,
+        })
+    grade_rows = [{
+        "trace_id": t.trace_id, "run_id": run_id, "grader_name": g.grader_name, "grader_type": g.grader_type,
+        "version": g.version or "", "score": float(g.score), "passed": g.passed, "errors": g.errors or {},
+        "sub_rewards": g.sub_rewards or {}, "turn_scores": g.turn_scores, "metadata": g.metadata or {},
+        "execution_time_s": g.execution_time_s,
+    } for g in t.grades]
+    return traj, call_rows, grade_rows
+
+
+def _traj_dict(r: TrajectoryRow) -> dict:
+    return {
+        "trace_id": r.trace_id, "run_id": r.run_id, "step": r.step, "split": r.split, "row_index": r.row_index,
+        "group_id": r.group_id, "sample_index": r.sample_index, "checkpoint_id": r.checkpoint_id,
+        "messages": r.messages, "turns": r.turns, "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens, "total_tokens": r.total_tokens, "num_turns": r.num_turns,
+        "num_tool_calls": r.num_tool_calls, "tool_errors": r.tool_errors, "outcome": r.outcome,
+        "drop_reason": r.drop_reason, "reward": r.reward, "advantage": r.advantage, "latency_s": r.latency_s,
+        "tool_time_s": r.tool_time_s, "cost": r.cost, "created_at": _iso(r.created_at),
+        "tool_calls": [], "grades": [],
+    }
+
+
+def _call_dict(c: ToolCallRow) -> dict:
+    return {
+        "id": c.id, "trace_id": c.trace_id, "run_id": c.run_id, "seq": c.seq, "turn_index": c.turn_index,
+        "call_id": c.call_id, "name": c.name, "arguments": c.arguments, "output": c.output,
+        "output_sha256": c.output_sha256, "output_bytes": c.output_bytes, "status": c.status, "error": c.error,
+        "latency_s": c.latency_s, "retries": c.retries, "approval": c.approval, "meta": c.meta,
+    }
+
+
+def _grade_dict(g: GradeRow) -> dict:
+    return {
+        "id": g.id, "trace_id": g.trace_id, "run_id": g.run_id, "grader_name": g.grader_name,
+        "grader_type": g.grader_type, "version": g.version, "score": g.score, "passed": g.passed,
+        "errors": g.errors, "sub_rewards": g.sub_rewards, "turn_scores": g.turn_scores, "metadata": g.meta,
+        "execution_time_s": g.execution_time_s,
+    }

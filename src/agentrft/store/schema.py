@@ -1,0 +1,192 @@
+"""The run store's tables (SQLAlchemy 2 declarative).
+
+One run has many steps; a step (run, step, split) has its metrics and the trajectories sampled in it; a trajectory
+(``trace_id``) has its tool calls and grades. Checkpoints hang off the run. ``registry`` (promoted models) and
+``audits`` (human verdicts on trajectories) are minimal here; later stages extend them.
+
+``split`` is ``"train"``, ``"valid"`` or ``"eval:<name>"``; trajectories are stored under the split of the step that
+recorded them. ``run_id`` is repeated on tool_calls and grades so audit queries over a run need no join.
+Timestamps are UTC. JSON columns hold plain JSON (the store's serializer turns numpy scalars, paths and sets into
+JSON values first).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def _run_fk() -> Any:
+    return ForeignKey("runs.id", ondelete="CASCADE")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(32), default="queued")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    base_model: Mapped[str] = mapped_column(Text, default="")
+    output_dir: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("run_id", "step", "split", name="uq_steps_run_step_split"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64), _run_fk(), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(100))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrajectoryRow(Base):
+    __tablename__ = "trajectories"
+    __table_args__ = (Index("ix_traj_run_step_split", "run_id", "step", "split"),)
+
+    trace_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), _run_fk())
+    step: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(100))
+    row_index: Mapped[int] = mapped_column(Integer)
+    group_id: Mapped[str] = mapped_column(String(100), default="")
+    sample_index: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    turns: Mapped[list[Any]] = mapped_column(JSON, default=list)  # per turn: index, span, text, finish, parse_error
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)  # sampled tokens (loss-mask ones)
+    total_tokens: Mapped[int] = mapped_column(Integer, default=0)  # len(token_ids): prompt + sampled + tool tokens
+    num_turns: Mapped[int] = mapped_column(Integer, default=0)
+    num_tool_calls: Mapped[int] = mapped_column(Integer, default=0)
+    tool_errors: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str] = mapped_column(String(32), default="completed")
+    drop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    advantage: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    tool_time_s: Mapped[float] = mapped_column(Float, default=0.0)
+    cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ToolCallRow(Base):
+    __tablename__ = "tool_calls"
+    __table_args__ = (Index("ix_tool_calls_run_name", "run_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trace_id: Mapped[str] = mapped_column(String(100), ForeignKey("trajectories.trace_id", ondelete="CASCADE"),
+                                          index=True)
+    run_id: Mapped[str] = mapped_column(String(64), _run_fk())
+    seq: Mapped[int] = mapped_column(Integer)  # order of the call within its trajectory, 0-based
+    turn_index: Mapped[int] = mapped_column(Integer, default=0)
+    call_id: Mapped[str] = mapped_column(String(100), default="")
+    name: Mapped[str] = mapped_column(String(200), default="")
+    arguments: Mapped[str] = mapped_column(Text, default="")
+    output: Mapped[str] = mapped_column(Text, default="")
+    output_sha256: Mapped[str] = mapped_column(String(64), default="")
+    output_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(32), default="ok")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    approval: Mapped[str | None] = mapped_column(String(100), nullable=True)  # from meta["approval"]
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class GradeRow(Base):
+    __tablename__ = "grades"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trace_id: Mapped[str] = mapped_column(String(100), ForeignKey("trajectories.trace_id", ondelete="CASCADE"),
+                                          index=True)
+    run_id: Mapped[str] = mapped_column(String(64), _run_fk(), index=True)
+    grader_name: Mapped[str] = mapped_column(String(200))
+    grader_type: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(128), default="")
+    score: Mapped[float] = mapped_column(Float)
+    passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    errors: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    sub_rewards: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    turn_scores: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # "metadata" is reserved on declarative classes, so the attribute is ``meta`` and the column "metadata".
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    execution_time_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class CheckpointRow(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), _run_fk(), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text, default="")
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    val_reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    kept: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RegistryEntry(Base):
+    """A promoted model: which checkpoint, from which run, on what evidence, graded by which grader versions."""
+
+    __tablename__ = "registry"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    checkpoint_id: Mapped[str] = mapped_column(String(200), index=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    grader_versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(32), default="candidate")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Audit(Base):
+    """A person's verdict on one trajectory. No foreign key: a verdict outlives a resumed run's deleted steps."""
+
+    __tablename__ = "audits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trace_id: Mapped[str] = mapped_column(String(100), index=True)
+    verdict: Mapped[str] = mapped_column(String(64))
+    reviewer: Mapped[str] = mapped_column(String(200), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Meta(Base):
+    """Key/value facts about the store itself (schema version)."""
+
+    __tablename__ = "store_meta"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, default="")
