@@ -125,12 +125,14 @@ def test_record_step_round_trip(store):
     t1, t2 = make_traj(0, 0, n_calls=3), make_traj(1, 1, n_calls=0)
     t2.outcome, t2.drop_reason, t2.reward = "dropped", "tool server 503 after 3 retries", None
     metrics = {"train_reward_mean": 0.5, "per_grader": {"exact": {"mean": 1.0}}, "note": UNICODE,
-               "np_float": np.float32(0.25), "np_int": np.int64(7), "arr": np.arange(3), "nan": float("nan")}
+               "np_float": np.float32(0.25), "np_int": np.int64(7), "arr": np.arange(3), "nan": float("nan"),
+               "bytes": b"ok\xff", "obj": ValueError("x")}
     store.record_step(run, 3, "train", metrics, [t1, t2])
 
     (m,) = store.step_metrics(run)
     assert m["step"] == 3 and m["split"] == "train" and m["note"] == UNICODE
     assert m["np_float"] == 0.25 and m["np_int"] == 7 and m["arr"] == [0, 1, 2] and math.isnan(m["nan"])
+    assert m["bytes"] == "ok\\xff" and m["obj"].startswith("<ValueError: ")
     rows = store.trajectories(run)
     assert [r["trace_id"] for r in rows] == [t1.trace_id, t2.trace_id]
     r1 = store.trajectory(t1.trace_id)

@@ -71,7 +71,8 @@ class AmbiguousRunId(StoreError, ValueError):
 
 
 def _json_default(o: Any) -> Any:
-    """Values json cannot write by itself: numpy / torch scalars and arrays, paths, sets, dataclasses, datetimes."""
+    """Values json cannot write by itself: numpy / torch scalars and arrays, paths, sets, dataclasses, datetimes,
+    bytes (decoded, bad bytes as ``\\xNN``); any other object becomes the string ``"<Type: repr>"``."""
     if hasattr(o, "tolist") and callable(o.tolist):  # numpy arrays and scalars, torch tensors
         return o.tolist()
     if hasattr(o, "item") and callable(o.item):
@@ -84,7 +85,10 @@ def _json_default(o: Any) -> Any:
         return o.isoformat()
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return dataclasses.asdict(o)
-    raise TypeError(f"cannot store a value of type {type(o).__name__} as JSON: {o!r:.200}")
+    if isinstance(o, (bytes, bytearray)):
+        return o.decode("utf-8", "backslashreplace")
+    # Anything else is kept visibly as its repr rather than failing the whole step's transaction.
+    return f"<{type(o).__name__}: {o!r:.500}>"
 
 
 def _finite(o: Any) -> Any:
