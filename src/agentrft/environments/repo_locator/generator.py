@@ -173,17 +173,18 @@ def demo_plan(rng: random.Random, row: dict[str, Any], redundant: bool, wrong: b
         else:
             plan = [("grep", {"pattern": sym})]  # the broad search, answered verbatim: every mention
             answer_files = mentions
-    if redundant:
+    if redundant:  # 1, 2 or 3 extra calls (mean 2)
         style = rng.randrange(3)
+        first = ("grep", {"pattern": sym}) if row["task"] == "handler" else ("list_files", {"dir": "."})
+        if first == plan[0]:
+            first = ("list_files", {"dir": "."})
         if style == 0:
-            plan = [("list_files", {"dir": "."})] + plan
+            plan = [first] + plan
         elif style == 1:
-            plan = plan + [("read_file", {"path": files[0]})]
-        else:
-            first = ("grep", {"pattern": sym}) if row["task"] == "handler" else ("list_files", {"dir": "."})
             plan = [first] + plan + [("read_file", {"path": files[0]})]
-            if plan[0] == plan[1]:
-                plan = [("list_files", {"dir": "."})] + plan[1:]
+        else:
+            last = sorted(row["repo"])[-1] if len(files) == 1 else files[-1]
+            plan = [("list_files", {"dir": "."})] + plan + [("read_file", {"path": files[0]}), ("read_file", {"path": last})]
     return plan, "FILES: " + ", ".join(answer_files)
 
 
