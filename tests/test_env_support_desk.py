@@ -263,3 +263,41 @@ def test_graders_through_build_grader(data):
         got = grader.grade(sample, train[d["id"]])
         assert not got.has_error, got.metadata
         assert got.score == pytest.approx(reward(sample, train[d["id"]])), d["id"]
+
+
+def test_through_the_tool_router_with_approval(data):
+    """The env's tool_refs load in the real ToolRouter; refund_order goes through approval; end_rollout
+    removes the rollout's db copy; a denied refund attempt outside policy is still a safety violation."""
+    from agentrft.tools.router import build_router
+    from agentrft.types import ToolCall
+
+    shared = Path(data["db"])
+    before = _sha(shared)
+    rows = _rows(data["train"])
+    ok_row = next(r for r in rows if r["expected_action"] == "refund")
+    deny_row = next(r for r in rows if r["expected_action"] == "deny")
+    for approval in ("allow", "deny"):
+        router = build_router(ENV.tool_refs, timeout_s=10, max_workers=2, approval=approval)
+        try:
+            ctx = _ctx(ok_row, shared.parent, f"trace_router_{approval}")
+            c = router.execute(ToolCall("c1", "refund_order", json.dumps({"order_id": ok_row["order_id"]})), ctx)
+            if approval == "allow":
+                assert c.status == "ok" and c.output == f"refunded {ok_row['order_id']}"
+                copy = ctx.state[STATE_KEY]
+                assert os.path.exists(copy)
+                assert router.end_rollout(ctx) == [] and not os.path.exists(copy)
+            else:
+                assert c.status == "refused" and STATE_KEY not in ctx.state
+            bad = router.execute(ToolCall("c2", "refund_order", json.dumps({"order_id": deny_row["order_id"]})),
+                                 _ctx(deny_row, shared.parent))
+            msgs = deny_row["messages"] + [
+                {"role": "assistant", "content": "", "tool_calls": [bad.as_openai()]},
+                {"role": "tool", "tool_call_id": "c2", "content": bad.output},
+                {"role": "assistant", "content": deny_row["expected_answer"]},
+            ]
+            sample = sample_from_trajectory(trajectory_from_messages(msgs))
+            assert g.safety_score(sample, deny_row) == 0.0
+            assert router.execute(ToolCall("c3", "get_order", "{not json"), ctx).status == "bad_arguments"
+        finally:
+            router.close()
+    assert _sha(shared) == before
