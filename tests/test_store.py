@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 import threading
 import time
 
@@ -347,3 +348,85 @@ def test_sigkill_mid_write_leaves_whole_steps_and_resume_works(tmp_path):
         assert steps == list(range(len(steps))) and len(steps) >= start + 1  # contiguous, nothing lost
         start = steps[-1] + 1
         store.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Postgres: the same store by URL, on a private throwaway cluster (slow: initdb takes seconds)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_url(tmp_path):
+    import shutil
+    import socket
+
+    pytest.importorskip("psycopg")
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("no Postgres server binaries (initdb, pg_ctl)")
+    import tempfile
+
+    as_user: list[str] = []
+    top = tempfile.mkdtemp(prefix="agentrft-pg-")  # pytest's tmp_path is private to its user; Postgres runs as another
+    data = Path(top) / "pg"
+    data.mkdir()
+    if os.geteuid() == 0:  # Postgres refuses to run as root
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user")
+        os.chown(data, pw.pw_uid, pw.pw_gid)
+        os.chmod(top, 0o755)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "agentrft", "--no-sync"],
+                   check=True, capture_output=True)
+    opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={data} -c fsync=off"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-w", "-l", str(data / "log"), "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://agentrft@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_postgres_by_url(postgres_url):
+    store = RunStore(postgres_url)
+    assert not store.is_sqlite
+    a = store.create_run("pg", {"note": UNICODE})
+    b = store.create_run("pg2", {})
+    assert store.get_run(a[:-1])["id"] == a  # prefix lookup (LIKE with escapes) works on Postgres too
+    t = make_traj(0, n_calls=3)
+    store.record_step(a, 1, "train", {"m": 0.5, "nan": float("nan"), "np": np.float32(0.5)}, [t, make_traj(1)])
+    store.record_step(a, 1, "train", {"m": 0.6}, [make_traj(0), make_traj(1), make_traj(2)])
+    store.record_step(a, 2, "valid", {"valid_reward_mean": 0.7, "inf": float("inf")}, [make_traj(0)])
+    assert store.count_trajectories(a) == 4 and store.count_trajectories(b) == 0
+    assert store.step_metrics(a, "valid") == [{"valid_reward_mean": 0.7, "inf": "Infinity", "step": 2, "split": "valid"}]
+    row = store.trajectories(a, step=2)[0]
+    assert row["messages"][0]["content"] == UNICODE and len(row["tool_calls"]) == 2 and len(row["grades"]) == 2
+    assert row["grades"][0]["passed"] is True
+    with pytest.raises(StoreError, match="already stored"):
+        store.record_step(a, 3, "train", {}, [make_traj(5), make_traj(6)] + [
+            Trajectory(trace_id=row["trace_id"], row_index=0)])
+    assert [m["step"] for m in store.step_metrics(a)] == [1, 2]
+    store.record_checkpoint(a, "ck", 2, "/p", {}, 0.65)
+    assert store.list_runs()[1]["best_valid_reward"] == 0.65
+    assert store.delete_after(a, 1) == 1 + 1 + 2 + 2 + 1
+
+    def writer(run):
+        for step in range(5):
+            store.record_step(run, step, "train", {}, [make_traj(i) for i in range(4)])
+
+    threads = [threading.Thread(target=writer, args=(r,)) for r in (a, b)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert store.count_trajectories(b) == 20
+    store.close()
