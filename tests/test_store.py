@@ -178,6 +178,8 @@ def test_record_step_is_idempotent_and_errors_write_nothing(store):
     assert [m["v"] for m in store.step_metrics(run)] == [2, 9]
     assert store.step_metrics(run, "valid") == [{"v": 9, "step": 1, "split": "valid"}]
     assert len(store.tool_calls(run_id=run)) == 3 + 2  # old calls of step 1/train are gone
+    store.record_step(run, 1, "train", {"v": 2}, again)  # a retried write of the very same trajectories
+    assert store.count_trajectories(run, "train") == 3 and len(store.tool_calls(run_id=run)) == 5
     # a trace id already stored under another step: a clear error, and nothing of the step is written
     with pytest.raises(StoreError, match=f"{again[0].trace_id} is already stored under run {run}, step 1"):
         store.record_step(run, 2, "train", {"v": 3}, [make_traj(9), again[0]])
@@ -248,6 +250,38 @@ def test_two_threads_write_and_read(tmp_path):
     th.join()
     assert not errors, errors
     assert store.count_trajectories(run) == 200 and len(store.step_metrics(run)) == 25
+    store.close()
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_store import make_traj
+    from agentrft.store import RunStore
+
+    store = RunStore.for_path(sys.argv[1], busy_timeout_s=30)
+    run = store.create_run(sys.argv[2], {{}})
+    for step in range(15):
+        store.record_step(run, step, "train", {{"n": 6}}, [make_traj(i) for i in range(6)])
+        store.record_checkpoint(run, run + "-" + str(step), step, "/p", {{}}, 0.1)
+    print(run)
+""")
+
+
+def test_two_processes_write_one_file(tmp_path):
+    """Training and an evaluation process writing to the same SQLite file at once: both finish, nothing lost."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(tests=os.path.dirname(__file__)))
+    db = tmp_path / "shared.db"
+    RunStore.for_path(db).close()
+    procs = [subprocess.Popen([sys.executable, str(script), str(db), name], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in ("train", "eval")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    store = RunStore.for_path(db)
+    for out, _ in outs:
+        run = out.strip()
+        assert store.count_trajectories(run) == 90 and len(store.checkpoints(run)) == 15
     store.close()
 
 
