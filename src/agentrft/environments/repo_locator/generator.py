@@ -173,18 +173,17 @@ def demo_plan(rng: random.Random, row: dict[str, Any], redundant: bool, wrong: b
         else:
             plan = [("grep", {"pattern": sym})]  # the broad search, answered verbatim: every mention
             answer_files = mentions
-    if redundant:  # 1, 2 or 3 extra calls (mean 2)
+    if redundant:  # 1, 2 or 3 extra calls (mean 2); at most one read_file to keep demos short
         style = rng.randrange(3)
-        first = ("grep", {"pattern": sym}) if row["task"] == "handler" else ("list_files", {"dir": "."})
-        if first == plan[0]:
-            first = ("list_files", {"dir": "."})
+        look = ("list_files", {"dir": "."})
         if style == 0:
-            plan = [first] + plan
+            plan = [look] + plan
         elif style == 1:
-            plan = [first] + plan + [("read_file", {"path": files[0]})]
+            plan = [look] + plan + [("read_file", {"path": files[0]})]
         else:
-            last = sorted(row["repo"])[-1] if len(files) == 1 else files[-1]
-            plan = [("list_files", {"dir": "."})] + plan + [("read_file", {"path": files[0]}), ("read_file", {"path": last})]
+            second = ("grep", {"pattern": sym}) if row["task"] == "handler" and plan[0][1]["pattern"] != sym else (
+                "list_files", {"dir": files[0].split("/")[0]})
+            plan = [look, second] + plan + [("read_file", {"path": files[0]})]
     return plan, "FILES: " + ", ".join(answer_files)
 
 
