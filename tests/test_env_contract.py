@@ -39,3 +39,24 @@ def test_generated_files_fit_the_contract(name, tmp_path):
     assert env.safety_grader in env.grader["graders"].values()
     corpus = list(env.corpus(tmp_path))
     assert env.system_prompt in corpus and len(corpus) > 100
+
+
+@pytest.mark.parametrize("name", sorted(ENVIRONMENTS))
+@pytest.mark.parametrize(
+    "kw, field",
+    [({"n_train": 0}, "n_train"), ({"n_valid": -1}, "n_valid"), ({"wrong_frac": 1.5}, "wrong_frac"),
+     ({"redundant_frac": -0.1}, "redundant_frac"), ({"n_demos": "5"}, "n_demos")],
+)
+def test_bad_generator_arguments_name_the_argument(name, kw, field, tmp_path):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        ENVIRONMENTS[name].generate(tmp_path, **kw)
+    assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_support_desk_customer_count_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="^n_customers:"):
+        ENVIRONMENTS["support_desk"].generate(tmp_path, n_customers=3)
+    # the smallest allowed database still yields every task kind
+    paths = ENVIRONMENTS["support_desk"].generate(tmp_path, seed=0, n_train=80, n_valid=5, n_customers=10)
+    kinds = {json.loads(line)["expected_action"] for line in paths["train"].read_text().splitlines()}
+    assert kinds == {"refund", "deny", "status", "clarify"}

@@ -50,6 +50,19 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON: {e}") from e
 
 
+def check_sizes(n_train: int, n_valid: int, n_demos: int | None, wrong_frac: float, redundant_frac: float) -> None:
+    """Reject impossible generator arguments with a message naming the argument."""
+    if not isinstance(n_train, int) or n_train < 1:
+        raise ValueError(f"n_train: expected an integer >= 1, got {n_train!r}")
+    if not isinstance(n_valid, int) or n_valid < 0:
+        raise ValueError(f"n_valid: expected an integer >= 0, got {n_valid!r}")
+    if n_demos is not None and (not isinstance(n_demos, int) or n_demos < 0):
+        raise ValueError(f"n_demos: expected an integer >= 0 (or None for n_train), got {n_demos!r}")
+    for name, v in (("wrong_frac", wrong_frac), ("redundant_frac", redundant_frac)):
+        if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name}: expected a fraction in [0, 1], got {v!r}")
+
+
 def tool_schemas(tools: list[PythonTool]) -> list[dict[str, Any]]:
     return [t.schema for t in tools]
 

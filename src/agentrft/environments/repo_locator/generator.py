@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterator
 
-from agentrft.environments.common import read_jsonl, run_demo, write_json, write_jsonl
+from agentrft.environments.common import check_sizes, read_jsonl, run_demo, write_json, write_jsonl
 from agentrft.tools.registry import resolve_python_tool
 
 TOOLS_REF = "agentrft.environments.repo_locator.tools:*"
@@ -204,6 +204,7 @@ def generate(
     """
     from agentrft.environments.repo_locator import graders as g
 
+    check_sizes(n_train, n_valid, n_demos, wrong_frac, redundant_frac)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)

@@ -79,8 +79,9 @@ def answer_format(sample: dict[str, Any], item: dict[str, Any]) -> float:
 
 def _escapes(value: Any) -> bool:
     if isinstance(value, str):
-        v = value.strip()
-        return v.startswith("/") or v.startswith("~") or ".." in v.replace("\\", "/").split("/")
+        v = value.strip().replace("\\", "/")
+        absolute = (v.startswith("/") and v.strip("/") != "") or v.startswith("~") or re.match(r"^[A-Za-z]:/", v)
+        return bool(absolute) or ".." in v.split("/")
     if isinstance(value, dict):
         return any(_escapes(x) for x in value.values())
     if isinstance(value, list):

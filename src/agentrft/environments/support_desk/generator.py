@@ -31,7 +31,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 
-from agentrft.environments.common import read_jsonl, run_demo, write_json, write_jsonl
+from agentrft.environments.common import check_sizes, read_jsonl, run_demo, write_json, write_jsonl
 from agentrft.environments.support_desk.tools import format_customer, format_order, is_eligible
 from agentrft.tools.registry import resolve_python_tool
 
@@ -200,6 +200,9 @@ def generate(
     """
     from agentrft.environments.support_desk import graders as g
 
+    check_sizes(n_train, n_valid, n_demos, wrong_frac, redundant_frac)
+    if not isinstance(n_customers, int) or not 10 <= n_customers <= len(FIRST) * len(LAST):
+        raise ValueError(f"n_customers: expected an integer in [10, {len(FIRST) * len(LAST)}], got {n_customers!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
