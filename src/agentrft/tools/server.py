@@ -115,12 +115,23 @@ def make_tool_server(
     data_dir: str | None = None,
     grader: Callable[[dict[str, Any], dict[str, Any], ToolContext | None], float] | None = None,
     title: str = "agentrft tools",
+    max_workers: int = 64,
 ) -> Any:
     """A FastAPI app serving ``tools`` with the Agent RFT tool-call contract (see the module docstring).
 
     ``grader(sample, item, ctx)`` — optional — is served at ``POST /grade``; ``ctx`` is the trace's context
     (None if the trace made no tool calls or was already cleaned up).
+
+    Tools are plain (blocking) functions; they run on a pool of ``max_workers`` threads, so up to that many
+    calls wait on I/O at once (asyncio's default pool, min(32, cpus+4), would cap a 2-core box at 6).
     """
+    import concurrent.futures as cf
+
+    pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="toolserver")
+
+    async def in_pool(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
     by_name: dict[str, PythonTool] = {}
     for t in tools:
         if t.name in by_name:
@@ -147,6 +158,7 @@ def make_tool_server(
         finally:
             task.cancel()
             traces.close_all()
+            pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.traces = traces
@@ -247,12 +259,12 @@ def make_tool_server(
     @app.post("/")
     async def call_root(request: Request) -> Any:
         payload, err = await read_payload(request)
-        return err or await asyncio.to_thread(run_call, payload, None)
+        return err or await in_pool(run_call, payload, None)
 
     @app.post("/tools/{name}")
     async def call_named(name: str, request: Request) -> Any:
         payload, err = await read_payload(request)
-        return err or await asyncio.to_thread(run_call, payload, name)
+        return err or await in_pool(run_call, payload, name)
 
     if grader is not None:
 
@@ -265,7 +277,7 @@ def make_tool_server(
                 return JSONResponse({"error": "expected {sample, item, trace_id}"}, status_code=400)
             ctx = traces.peek(payload["trace_id"])
             try:
-                score = await asyncio.to_thread(grader, payload.get("sample") or {}, payload.get("item") or {}, ctx)
+                score = await in_pool(grader, payload.get("sample") or {}, payload.get("item") or {}, ctx)
                 return {"score": float(score)}
             except Exception as e:
                 return JSONResponse({"error": f"grader raised {type(e).__name__}: {e}"}, status_code=500)
