@@ -60,3 +60,17 @@ def test_support_desk_customer_count_is_checked(tmp_path):
     paths = ENVIRONMENTS["support_desk"].generate(tmp_path, seed=0, n_train=80, n_valid=5, n_customers=10)
     kinds = {json.loads(line)["expected_action"] for line in paths["train"].read_text().splitlines()}
     assert kinds == {"refund", "deny", "status", "clarify"}
+
+
+def test_efficiency_score_is_the_documented_line():
+    from agentrft.environments.common import efficiency_score
+
+    item = {"min_tool_calls": 1, "max_tool_calls": 5}
+    got = [efficiency_score({"output_tools": [{}] * n}, item) for n in range(7)]
+    assert got == [1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    traj = {"trajectory": {"tool_calls": [{"name": "grep"}] * 3}}
+    assert efficiency_score(traj, {"min_tool_calls": 0, "max_tool_calls": 4}) == 0.25
+    with pytest.raises(ValueError, match="item.min_tool_calls"):
+        efficiency_score(traj, {})
+    with pytest.raises(ValueError, match="must exceed"):
+        efficiency_score(traj, {"min_tool_calls": 2, "max_tool_calls": 2})

@@ -182,3 +182,19 @@ def trajectory_from_messages(messages: list[dict[str, Any]], trace_id: str = "tr
             )
         turns.append(Turn(index=idx, start=0, end=0, text=m.get("content") or "", tool_calls=calls))
     return Trajectory(trace_id=trace_id, row_index=row_index, messages=list(messages), turns=turns)
+
+
+def efficiency_score(sample: dict[str, Any], item: dict[str, Any]) -> float:
+    """``python_function`` twin of the ``tool_efficiency`` grader as configured by both environments:
+    :func:`efficiency` of the rollout's tool-call count with ``item.min_tool_calls`` / ``item.max_tool_calls``.
+    Use it as ``{"type": "python_function", "function": "agentrft.environments.common:efficiency_score"}``
+    where the ``tool_efficiency`` type is not available."""
+    calls = trajectory_calls(sample)
+    n = len(calls) if calls is not None else len(sample.get("output_tools") or [])
+    try:
+        target, budget = int(item["min_tool_calls"]), int(item["max_tool_calls"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"item.min_tool_calls / item.max_tool_calls: expected integers ({e})") from None
+    if budget <= target:
+        raise ValueError(f"item.max_tool_calls ({budget}) must exceed item.min_tool_calls ({target})")
+    return efficiency(n, target, budget)
