@@ -10,5 +10,6 @@ from agentrft.graders import string_check as _string_check  # noqa: F401,E402
 from agentrft.graders import python_function as _python_function  # noqa: F401,E402
 from agentrft.graders import multi as _multi  # noqa: F401,E402
 from agentrft.graders import text_similarity as _text_similarity  # noqa: F401,E402
+from agentrft.graders import python_grader as _python_grader  # noqa: F401,E402
 
 __all__ = ["Grader", "GraderSpecError", "build_grader", "grader_version", "sample_from_trajectory"]

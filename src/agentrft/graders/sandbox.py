@@ -1,0 +1,295 @@
+"""A warm pool of sandboxed worker processes for the ``python`` grader.
+
+Each worker is a separate Python process (``sandbox_worker.py``) started with an empty environment (only
+``PATH``, ``HOME``/``TMPDIR`` = its scratch directory, ``LANG``, and single-threaded BLAS settings) — it never
+sees the trainer's environment variables — which then isolates itself (network, read-only filesystem, tmpfs
+scratch, hidden /proc, rlimits, no capabilities, seccomp; see the worker's docstring). Workers stay alive between
+grades, so a grade costs one JSON round trip over a pipe (thousands per second), not a process start.
+
+Per grade the parent enforces the wall-clock limit (``timeout_s``, OpenAI's 2 minutes by default): a worker
+that does not answer in time is killed (SIGKILL) and replaced on the next request; so is a worker that dies
+(memory bomb killed by the kernel, a crash) or breaks the protocol. Each of these is one
+:class:`SandboxResult` with ``kind`` set — the caller flags it; the pool carries on.
+
+Thread-safe: callers in many threads each take an idle worker (starting a new one while fewer than ``size``
+exist) and give it back.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
+MAX_RESPONSE = 4 * 1024 * 1024
+
+
+@dataclass
+class SandboxResult:
+    ok: bool
+    score: float = 0.0
+    kind: str = ""  # exception | non_float | source_error | timeout | killed | protocol | server
+    error: str = ""
+    stdout: str = ""
+    isolation: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+class _Worker:
+    def __init__(self, pool: "SandboxPool", idx: int):
+        self.scratch = os.path.join(pool.root, f"w{idx}")
+        os.makedirs(self.scratch, exist_ok=True)
+        os.chmod(self.scratch, 0o700)
+        req_r, self.req_w = os.pipe()
+        self.resp_r, resp_w = os.pipe()
+        cfg = {"scratch": self.scratch, "memory_mb": pool.memory_mb, "disk_mb": pool.disk_mb,
+               "warm_imports": list(pool.warm_imports)}
+        env = {"PATH": "/usr/bin:/bin", "HOME": self.scratch, "TMPDIR": self.scratch, "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", WORKER, str(req_r), str(resp_w), json.dumps(cfg)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                pass_fds=(req_r, resp_w), env=env, cwd=self.scratch, start_new_session=True,
+            )
+        finally:
+            os.close(req_r)
+            os.close(resp_w)
+        self.isolation: dict[str, Any] = {}
+        self.dead = False
+        try:
+            ready = self.recv(pool.start_timeout_s)
+        except SandboxError as e:
+            err = b""
+            try:
+                self.kill()
+                err = self.proc.stderr.read() if self.proc.stderr else b""
+            except Exception:
+                pass
+            raise SandboxError(f"sandbox worker failed to start: {e}; {err.decode(errors='replace')[-2000:]}") from None
+        if self.proc.stderr:
+            self.proc.stderr.close()  # the worker's fd 2 now points at /dev/null
+        self.isolation = ready.get("isolation", {})
+        self.pid = ready.get("pid")
+
+    def send(self, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, ensure_ascii=False, default=repr).encode("utf-8")
+        data = struct.pack(">I", len(data)) + data
+        try:
+            view = memoryview(data)
+            while view:
+                k = os.write(self.req_w, view)
+                view = view[k:]
+        except (BrokenPipeError, OSError) as e:
+            raise SandboxError(f"worker pipe closed: {e}") from None
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            r, _, _ = select.select([self.resp_r], [], [], left)
+            if not r:
+                raise TimeoutError
+            chunk = os.read(self.resp_r, min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return bytes(buf)
+
+    def recv(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        try:
+            (n,) = struct.unpack(">I", self._read(4, deadline))
+            if n > MAX_RESPONSE:
+                raise SandboxError(f"worker answered {n} bytes (limit {MAX_RESPONSE})")
+            return json.loads(self._read(n, deadline).decode("utf-8"))
+        except TimeoutError:
+            raise
+        except EOFError:
+            raise
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SandboxError(f"worker broke the protocol: {e}") from None
+
+    def kill(self) -> None:
+        self.dead = True
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for fd in (self.req_w, self.resp_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def exit_description(self) -> str:
+        try:
+            rc = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "worker stopped answering"
+        if rc < 0:
+            name = signal.Signals(-rc).name
+            hint = {"SIGKILL": " (memory or CPU limit, or killed)", "SIGSEGV": " (crashed)",
+                    "SIGXCPU": " (CPU limit)", "SIGXFSZ": " (file size limit)"}.get(name, "")
+            return f"worker killed by {name}{hint}"
+        return f"worker exited with status {rc}"
+
+
+class SandboxPool:
+    """``size`` warm workers (default: CPU count, at most 8). Limits follow OpenAI's python grader sandbox."""
+
+    def __init__(self, size: int | None = None, *, memory_mb: int = 2048, disk_mb: int = 1024,
+                 timeout_s: float = 120.0, start_timeout_s: float = 60.0, warm_imports: tuple[str, ...] = ()):
+        self.size = max(1, size or min(8, os.cpu_count() or 1))
+        self.memory_mb = memory_mb
+        self.disk_mb = disk_mb
+        self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.warm_imports = tuple(warm_imports)
+        self.root = tempfile.mkdtemp(prefix="agentrft-sandbox-")
+        os.chmod(self.root, 0o711)
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._count = 0
+        self._next_idx = 0
+        self._closed = False
+        self.stats = {"grades": 0, "timeouts": 0, "killed": 0, "restarts": 0}
+        self.last_isolation: dict[str, Any] = {}
+
+    # ---- worker checkout ------------------------------------------------------------------------------
+    def _acquire(self) -> _Worker:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._closed:
+                raise SandboxError("sandbox pool is closed")
+            start = self._count < self.size
+            if start:
+                self._count += 1
+                idx = self._next_idx
+                self._next_idx += 1
+        if start:
+            try:
+                w = _Worker(self, idx)
+            except BaseException:
+                with self._lock:
+                    self._count -= 1
+                raise
+            self.last_isolation = w.isolation
+            return w
+        return self._idle.get()
+
+    def _release(self, w: _Worker) -> None:
+        if w.dead:
+            with self._lock:
+                self._count -= 1
+                self.stats["restarts"] += 1
+            shutil.rmtree(w.scratch, ignore_errors=True)
+            return
+        if self._closed:
+            w.kill()
+            return
+        self._idle.put(w)
+
+    # ---- one grade ----------------------------------------------------------------------------------------
+    def run(self, source: str, sample: Any, item: Any, timeout_s: float | None = None) -> SandboxResult:
+        t0 = time.monotonic()
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            w = self._acquire()
+        except SandboxError as e:
+            return SandboxResult(False, kind="server", error=str(e), wall_s=time.monotonic() - t0)
+        try:
+            try:
+                w.send({"source": source, "sample": sample, "item": item})
+                resp = w.recv(timeout)
+            except TimeoutError:
+                w.kill()
+                self.stats["timeouts"] += 1
+                return SandboxResult(False, kind="timeout", error=f"grade() ran past {timeout:g} s and was killed",
+                                     isolation=w.isolation, wall_s=time.monotonic() - t0)
+            except (EOFError, SandboxError) as e:
+                desc = w.exit_description() if isinstance(e, EOFError) else str(e)
+                w.kill()
+                self.stats["killed"] += 1
+                kind = "killed" if isinstance(e, EOFError) else "protocol"
+                return SandboxResult(False, kind=kind, error=desc, isolation=w.isolation,
+                                     wall_s=time.monotonic() - t0)
+            self.stats["grades"] += 1
+            return SandboxResult(bool(resp.get("ok")), score=float(resp.get("score", 0.0) or 0.0),
+                                 kind=str(resp.get("kind", "")), error=str(resp.get("error", "")),
+                                 stdout=str(resp.get("stdout", "")), isolation=w.isolation,
+                                 wall_s=time.monotonic() - t0)
+        finally:
+            self._release(w)
+
+    def warm(self, n: int | None = None) -> None:
+        """Start up to ``n`` workers now (default: all) so the first grades do not pay the start-up."""
+        ws = []
+        for _ in range(min(n or self.size, self.size)):
+            with self._lock:
+                if self._count >= self.size:
+                    break
+            ws.append(self._acquire())
+        for w in ws:
+            self._release(w)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                w = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            w.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_POOLS: dict[tuple, SandboxPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def get_pool(size: int | None = None, **kw: Any) -> SandboxPool:
+    """The process-wide pool for these settings (python graders with the same limits share workers)."""
+    key = (size, tuple(sorted(kw.items())))
+    with _POOLS_LOCK:
+        p = _POOLS.get(key)
+        if p is None or p._closed:
+            p = _POOLS[key] = SandboxPool(size, **kw)
+        return p
+
+
+@atexit.register
+def _close_all() -> None:
+    for p in list(_POOLS.values()):
+        p.close()
