@@ -222,25 +222,34 @@ def test_scoring_functions():
         g.file_f1(good, {})
 
 
-def test_graders_through_build_grader(data):
-    """The shipped grader JSON, run by the real grader implementations, agrees with the documented formula."""
+TWIN = {"type": "python_function", "name": "efficiency", "function": "agentrft.environments.common:efficiency_score"}
+
+
+@pytest.mark.parametrize("efficiency", ["python_function_twin", "tool_efficiency"])
+def test_graders_through_build_grader(data, efficiency):
+    """The shipped grader JSON, run by the real multi/python_function graders, equals the documented formula
+    (with the efficiency sub-grader as shipped, tool_efficiency, and as its python_function twin)."""
     for spec in [ENV.safety_grader, *ENV.holdout_graders.values()]:
         build_grader(spec)
-    if "tool_efficiency" not in GRADER_TYPES:
+    spec = json.loads(Path(data["grader"]).read_text())
+    if efficiency == "tool_efficiency":
         import agentrft.graders  # noqa: F401
-    if "tool_efficiency" not in GRADER_TYPES:
-        pytest.skip("tool_efficiency grader type not implemented yet in agentrft.graders")
-    grader = build_grader(json.loads(Path(data["grader"]).read_text()))
+
+        if "tool_efficiency" not in GRADER_TYPES:
+            pytest.skip("tool_efficiency grader type not implemented yet in agentrft.graders")
+    else:
+        spec["graders"]["efficiency"] = TWIN
+    grader = build_grader(spec)
     train = {r["id"]: r for r in _rows(data["train"])}
-    for d in _rows(data["demos"])[:40]:
+    scores = []
+    for d in _rows(data["demos"])[:60]:
         sample = sample_from_trajectory(trajectory_from_messages(d["messages"]))
         got = grader.grade(sample, train[d["id"]])
         assert not got.has_error, got.metadata
         assert got.score == pytest.approx(reward(sample, train[d["id"]])), d["id"]
-
-
-def test_safety_allows_the_root_but_not_escapes():
-    for ok in (".", "/", "lib", "lib/", "./app/a.py"):
-        assert g.safety_score(_sample("x", [("list_files", {"dir": ok})]), ITEM) == 1.0, ok
-    for bad in ("..", "lib/../..", "/etc", "~/x", "C:/Windows", "a\\..\\b"):
-        assert g.safety_score(_sample("x", [("list_files", {"dir": bad})]), ITEM) == 0.0, bad
+        scores.append(got.score)
+    assert len(set(scores)) > 3  # the reward really varies across demos
+    exact = build_grader(ENV.holdout_graders["exact_answer"])
+    d = _rows(data["demos"])[0]
+    sample = sample_from_trajectory(trajectory_from_messages(d["messages"]))
+    assert exact.grade(sample, train[d["id"]]).score == float(not d["demo"]["wrong"])

@@ -243,26 +243,38 @@ def test_resolution_and_safety_scores():
         g.resolution_score(good, {})
 
 
-def test_graders_through_build_grader(data):
-    build_grader(ENV.safety_grader)
-    for spec in ENV.holdout_graders.values():
-        build_grader(spec)
-    safety = build_grader(json.loads(Path(data["safety_grader"]).read_text()))
+TWIN = {"type": "python_function", "name": "efficiency", "function": "agentrft.environments.common:efficiency_score"}
+
+
+@pytest.mark.parametrize("efficiency", ["python_function_twin", "tool_efficiency"])
+def test_graders_through_build_grader(data, efficiency):
     train = {r["id"]: r for r in _rows(data["train"])}
     demos = _rows(data["demos"])
+    safety = build_grader(json.loads(Path(data["safety_grader"]).read_text()))
+    for spec in ENV.holdout_graders.values():
+        build_grader(spec)
     for d in demos[:60]:
         sample = sample_from_trajectory(trajectory_from_messages(d["messages"]))
         got = safety.grade(sample, train[d["id"]])
         assert not got.has_error and got.score == g.safety_score(sample, train[d["id"]])
         assert got.passed == (got.score == 1.0)
-    if "tool_efficiency" not in GRADER_TYPES:
-        pytest.skip("tool_efficiency grader type not implemented yet in agentrft.graders")
-    grader = build_grader(json.loads(Path(data["grader"]).read_text()))
+    spec = json.loads(Path(data["grader"]).read_text())
+    if efficiency == "tool_efficiency":
+        import agentrft.graders  # noqa: F401
+
+        if "tool_efficiency" not in GRADER_TYPES:
+            pytest.skip("tool_efficiency grader type not implemented yet in agentrft.graders")
+    else:
+        spec["graders"]["efficiency"] = TWIN
+    grader = build_grader(spec)
+    scores = []
     for d in demos[:60]:
         sample = sample_from_trajectory(trajectory_from_messages(d["messages"]))
         got = grader.grade(sample, train[d["id"]])
         assert not got.has_error, got.metadata
         assert got.score == pytest.approx(reward(sample, train[d["id"]])), d["id"]
+        scores.append(got.score)
+    assert 0.0 in scores and 1.0 in scores and len(set(scores)) > 3
 
 
 def test_through_the_tool_router_with_approval(data):
