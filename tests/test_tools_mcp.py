@@ -118,9 +118,26 @@ def test_send_item_and_allow_list():
         b.close()
 
 
+def test_string_config_as_in_the_run_config():
+    """The run config's ``{mcp: "<command line>", tools: [...]}`` form, as build_router passes it."""
+    import shlex
+
+    b = McpToolBackend(f"{shlex.quote(sys.executable)} {shlex.quote(SERVER)} stdio", tools=["add"],
+                       requires_approval=["add"])
+    try:
+        assert b.names() == ["add"] and b.requires_approval("add")
+        assert b.call("add", {"a": 20, "b": 22}, ctx(), 10).output == "42"
+    finally:
+        b.close()
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="exactly one of command"):
         McpToolBackend({"type": "mcp"})
+    with pytest.raises(ConfigError, match="empty command line"):
+        McpToolBackend("   ")
+    with pytest.raises(ConfigError, match=r"mcp: unknown key\(s\) colour"):
+        McpToolBackend("http://127.0.0.1:9/mcp", colour="red")
     with pytest.raises(ConfigError, match=r"mcp\.url: expected an http"):
         McpToolBackend({"url": "ftp://x"})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) commnd"):

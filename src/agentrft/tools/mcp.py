@@ -56,10 +56,24 @@ def _resolve(value: str, env: Mapping[str, str], where: str) -> str:
 class McpToolBackend(ToolBackend):
     """The tools of one MCP server. Connects in the constructor (raises ConfigError with the reason if it can't)."""
 
-    def __init__(self, config: Mapping[str, Any], *, where: str = "mcp", env: Mapping[str, str] | None = None,
-                 max_bytes: int = MAX_BYTES):
+    def __init__(self, config: Mapping[str, Any] | str, *, where: str = "mcp", env: Mapping[str, str] | None = None,
+                 max_bytes: int = MAX_BYTES, **options: Any):
+        """``config`` is a mapping (keys in the module docstring) or a string: an http(s) URL (streamable HTTP)
+        or a command line (stdio, split like a shell). Keyword ``options`` are merged into it (the run config's
+        ``{mcp: "...", tools: [...], requires_approval: [...]}`` form)."""
+        if isinstance(config, str):
+            import shlex
+
+            if re.match(r"^https?://", config.strip()):
+                config = {"url": config.strip()}
+            else:
+                argv = shlex.split(config)
+                if not argv:
+                    raise ConfigError(f"{where}: empty command line")
+                config = {"command": argv[0], "args": argv[1:]}
         if not isinstance(config, Mapping):
-            raise ConfigError(f"{where}: expected an object with command or url")
+            raise ConfigError(f"{where}: expected an object with command or url, or a command line / URL string")
+        config = {**config, **options}
         unknown = sorted(set(config) - _KEYS)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_KEYS))})")
