@@ -22,8 +22,7 @@ _BODY = r"""
 {%- set ns = namespace(start=0) -%}
 {%- if messages and messages[0].role in ['system', 'developer'] -%}
 {{ BOS }}system
-{{ messages[0].content }}{% if tools %}
-Tools:
+{{ messages[0].content }}{% if tools %}{{ '\n' }}Tools:
 {% for t in tools %}{{ tool_line(t) }}
 {% endfor %}Call a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
 {%- endif %}{{ EOS }}

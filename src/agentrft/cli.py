@@ -1,0 +1,203 @@
+"""The ``agentrft`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Agentic reinforcement fine-tuning of open-weight models.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _mount_optional(name: str, module: str, help: str) -> None:
+    """Sub-commands living in other packages (graders, tools, models); mounted when importable."""
+    import importlib
+
+    try:
+        sub = importlib.import_module(module).app
+    except (ImportError, AttributeError):
+        return
+    app.add_typer(sub, name=name, help=help)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors users cause (bad config, data, grader, model path) into a clear message and exit 2."""
+    from agentrft.config import ConfigError
+    from agentrft.data import DatasetError
+    from agentrft.graders.base import GraderSpecError
+    from agentrft.rl.trainer import TrainingError
+
+    try:
+        yield
+    except (ConfigError, DatasetError, GraderSpecError, TrainingError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+    except FileNotFoundError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="run config (YAML)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="resume this run id (or unique prefix)"),
+    max_steps: Optional[int] = typer.Option(None, help="override hyperparameters.max_steps"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="plain log lines instead of progress bars"),
+) -> None:
+    """Train with RL: rollouts with the real tools, grading, GRPO updates, evals and checkpoints."""
+    _quiet_libraries()
+    from agentrft.config import load_config
+    from agentrft.rl.trainer import train as run_train
+
+    with user_errors():
+        overrides = {"hyperparameters": {"max_steps": max_steps}} if max_steps else None
+        cfg = load_config(config, overrides)
+        run_id = run_train(cfg, resume=resume, progress=not no_progress, console=err)
+    console.print(f"run [bold]{run_id}[/] finished — `agentrft show {run_id} --config {config}` for its metrics")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option(..., "--model", help="HF id, model directory or agentrft checkpoint directory"),
+    data: Path = typer.Option(..., "--data", help="JSONL to evaluate on"),
+    config: Path = typer.Option(..., "--config", help="run config (tools, grader, sampling settings)"),
+    samples: Optional[int] = typer.Option(None, help="samples per item (default: eval_samples)"),
+    out: Optional[Path] = typer.Option(None, help="also write the metrics as JSON here"),
+) -> None:
+    """Evaluate a baseline or a checkpoint on a dataset; records the trajectories and prints agent metrics."""
+    _quiet_libraries()
+    from agentrft.config import load_config
+    from agentrft.evals.run_eval import run_eval
+
+    with user_errors():
+        cfg = load_config(config)
+        run_id, metrics = run_eval(cfg, model=model, data=data, samples=samples, console=err)
+    _print_metrics(metrics, title=f"eval of {model} on {data.name} (run {run_id})")
+    if out:
+        out.write_text(json.dumps(metrics, indent=2))
+
+
+def _store(config: Optional[Path], store: Optional[str]):
+    from agentrft.config import load_config
+    from agentrft.store import RunStore
+
+    if store:
+        return RunStore(store)
+    if config:
+        return RunStore(load_config(config).store_url)
+    default = Path("runs/agentrft.db")
+    if not default.exists():
+        raise typer.BadParameter("no store given: pass --config CONFIG or --store URL (default runs/agentrft.db not found)")
+    return RunStore("sqlite:///" + str(default.resolve()))
+
+
+@app.command()
+def runs(
+    config: Optional[Path] = typer.Option(None, "--config", help="config whose store to read"),
+    store: Optional[str] = typer.Option(None, "--store", help="store URL"),
+) -> None:
+    """List runs in the store."""
+    with user_errors():
+        st = _store(config, store)
+        rows = st.list_runs()
+    t = Table(title="runs")
+    for c in ("id", "name", "status", "model", "latest step", "best valid reward", "created"):
+        t.add_column(c)
+    for r in rows:
+        best = r.get("best_valid_reward")
+        t.add_row(r["id"], r.get("name") or "", r.get("status") or "", str(r.get("base_model") or ""),
+                  str(r.get("latest_step") if r.get("latest_step") is not None else "-"),
+                  f"{best:.3f}" if isinstance(best, (int, float)) else "-", str(r.get("created_at") or "")[:19])
+    console.print(t)
+
+
+SHOW_COLUMNS = [
+    ("reward_mean", "reward"), ("pass_rate", "pass"), ("tool_calls_per_traj", "calls"), ("tool_errors_per_traj", "tool err"),
+    ("turns_per_traj", "turns"), ("completion_tokens_mean", "tokens"), ("latency_s_mean", "latency s"),
+    ("repeated_bigram_fraction", "rep-bigram"), ("dropped_fraction", "dropped"), ("zero_variance_fraction", "zero-var"),
+    ("kl", "kl"), ("entropy", "entropy"), ("clip_fraction", "clip"), ("time/full_iteration", "iter s"),
+]
+
+
+@app.command()
+def show(
+    run: str = typer.Argument(..., help="run id or unique prefix"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+    store: Optional[str] = typer.Option(None, "--store"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+) -> None:
+    """Metrics per step (train and validation) of one run, from the store."""
+    with user_errors():
+        st = _store(config, store)
+        info = st.get_run(run)
+        if info is None:
+            err.print(f"[bold red]error:[/] no run {run!r} in the store")
+            raise typer.Exit(2)
+        rows = st.step_metrics(info["id"])
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    t = Table(title=f"{info['id']} ({info.get('status')})")
+    t.add_column("step")
+    t.add_column("split")
+    for _, label in SHOW_COLUMNS:
+        t.add_column(label, justify="right")
+    for r in rows:
+        t.add_row(str(r["step"]), r["split"], *[_fmt(r.get(k)) for k, _ in SHOW_COLUMNS])
+    console.print(t)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _print_metrics(m: dict[str, Any], title: str) -> None:
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in m.items():
+        t.add_row(k, _fmt(v))
+    console.print(t)
+
+
+_mount_optional("grade", "agentrft.graders.cli", "Validate and run graders (OpenAI graders/validate and graders/run).")
+_mount_optional("tools", "agentrft.tools.cli", "Serve tools over HTTP (Agent RFT contract).")
+_mount_optional("model", "agentrft.models.cli", "Build and import models offline.")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

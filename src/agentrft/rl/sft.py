@@ -1,0 +1,91 @@
+"""Supervised warm-start on demonstration trajectories (the cold-start step before RL).
+
+Demonstrations are whole conversations in OpenAI chat form (assistant messages with ``tool_calls``, ``tool``
+messages, a final answer). Each is rendered by :meth:`ChatRenderer.render_demo` — the same code path a rollout
+uses to build its ids — so SFT trains on exactly the tokens RL will see for the same conversation, with loss on
+assistant turns only.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from agentrft.data import load_dataset
+from agentrft.policy.learner import Learner, load_model_and_tokenizer
+from agentrft.rollout.render import ChatRenderer
+
+
+@dataclass
+class SFTResult:
+    out_dir: Path
+    steps: int
+    examples: int
+    tokens: int
+    first_loss: float
+    last_loss: float
+    wall_s: float
+
+
+def render_demos(renderer: ChatRenderer, rows: list[Any], max_tokens: int | None = None) -> list[tuple[list[int], list[int]]]:
+    out = []
+    for r in rows:
+        ids, mask = renderer.render_demo(r.messages, r.tools)
+        if max_tokens and len(ids) > max_tokens:
+            ids, mask = ids[:max_tokens], mask[:max_tokens]
+        out.append((ids, mask))
+    return out
+
+
+def run_sft(
+    model: str,
+    demos_path: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: int = 3,
+    batch_size: int = 16,
+    learning_rate: float = 3e-3,
+    lora: Any | None = None,
+    micro_batch_size: int = 16,
+    seed: int = 0,
+    max_tokens: int | None = 2048,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> SFTResult:
+    """Fine-tune ``model`` on the demos for ``epochs`` passes; write a plain model directory to ``out_dir``."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    rows = load_dataset(demos_path, allow_demos=True)
+    m, tok = load_model_and_tokenizer(model)
+    renderer = ChatRenderer(tok)
+    examples = render_demos(renderer, list(rows), max_tokens)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else renderer.eos_id
+    learner = Learner(m, lora=lora, learning_rate=learning_rate, micro_batch_size=micro_batch_size, pad_id=pad)
+    rng = random.Random(seed)
+    steps_per_epoch = max(1, -(-len(examples) // batch_size))
+    total = epochs * steps_per_epoch
+    losses: list[float] = []
+    step = 0
+    for _ in range(epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for k in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[k : k + batch_size]]
+            st = learner.sft_step(batch)
+            losses.append(st["loss"])
+            step += 1
+            if on_step:
+                on_step(step, total, st)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = learner.model
+    if learner.is_lora:
+        final = final.merge_and_unload()
+    final.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return SFTResult(out, step, len(examples), sum(sum(mk) for _, mk in examples), losses[0], losses[-1],
+                     time.perf_counter() - t0)

@@ -1,0 +1,303 @@
+"""The training loop: rollouts → grades → group advantages → update → evals → checkpoints, all recorded.
+
+One step:
+
+1. take ``batch_size`` rows from the epoch's shuffled order (the *data cursor*, saved in checkpoints);
+2. roll out ``group_size`` trajectories per row with the current policy (one group per row);
+3. grade them (reward = the configured grader's score; holdout graders are recorded beside it);
+4. compute group advantages, skip zero-variance groups and dropped rollouts, and take ``mini_batches``
+   optimizer steps of the clipped policy loss;
+5. record the step — metrics and every trajectory with its tool calls and grades — in one store transaction;
+6. every ``eval_interval`` steps (and at the end): evaluate on the validation set, save an eval checkpoint,
+   keep the best ``keep_checkpoints`` by validation reward;
+7. save the resume checkpoint (``latest``) atomically.
+
+Resume: ``latest`` holds weights, optimizer, RNG, data cursor and step s; the store's records after s (written
+by a step whose checkpoint never landed) are deleted, and training continues at s + 1 — no duplicated or
+missing trajectories.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrft.config import RunConfig
+from agentrft.data import Row, load_datasets
+from agentrft.evals.evaluate import evaluate, grade_trajectories
+from agentrft.evals.metrics import agent_metrics
+from agentrft.graders.base import build_grader
+from agentrft.policy.learner import Learner, load_model_and_tokenizer
+from agentrft.policy.sampler import SamplingParams, TransformersSampler
+from agentrft.rl.advantages import assign_advantages, token_advantages, turn_baselines
+from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
+from agentrft.rollout.render import ChatRenderer
+from agentrft.store import RunStore
+from agentrft.tools.router import build_router
+from agentrft.types import Trajectory
+
+
+class TrainingError(RuntimeError):
+    """A problem that stops a run before or during training, with a message for the user."""
+
+
+@dataclass
+class Cursor:
+    """Position in the training data: epoch and offset into that epoch's shuffled order."""
+
+    epoch: int = 0
+    offset: int = 0
+
+    def take(self, n_rows: int, batch: int, seed: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < batch:
+            order = list(range(n_rows))
+            random.Random(seed * 7_919 + self.epoch).shuffle(order)
+            need = batch - len(out)
+            chunk = order[self.offset : self.offset + need]
+            out += chunk
+            self.offset += len(chunk)
+            if self.offset >= n_rows:
+                self.epoch, self.offset = self.epoch + 1, 0
+        return out
+
+
+def rollout_seed(seed: int, step: int, row: int, k: int) -> int:
+    return (seed * 2_654_435_761 + step * 1_000_003 + row * 7_919 + k * 104_729) % (2**62)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, resume: str | None = None, progress: bool = True, console: Any = None):
+        self.cfg = cfg
+        self.hp = cfg.hyperparameters
+        self.progress = progress
+        self.console = console
+        self.resume_id = resume
+        self.timings: dict[str, float] = {}
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg, hp = self.cfg, self.hp
+        # everything that can be wrong with the inputs is checked before the model loads
+        try:
+            self.router = build_router(cfg.tools, timeout_s=hp.tool_timeout_s, max_workers=hp.tool_workers,
+                                       approval=cfg.approval.policy)
+        except (ValueError, ImportError) as e:
+            raise TrainingError(f"tools: {e}") from None
+        train_path, valid_path = cfg.path(cfg.training_file), cfg.path(cfg.validation_file)
+        self.train_rows, self.valid_rows = load_datasets(train_path, valid_path, known_tools=self.router.names or None)
+        if not self.train_rows:
+            raise TrainingError(f"{train_path}: no training rows")
+        self.data_dir = str(Path(train_path).parent)
+        self.valid_dir = str(Path(valid_path).parent) if valid_path else self.data_dir
+        self.grader = build_grader(cfg.grader)
+        self.holdouts = {name: build_grader({"name": name, **spec}) for name, spec in cfg.holdout_graders.items()}
+        self.store = RunStore(cfg.store_url)
+        steps_per_epoch = math.ceil(len(self.train_rows) / hp.batch_size)
+        self.total_steps = hp.max_steps or hp.n_epochs * steps_per_epoch
+
+        # run record and resume point
+        self.start_step = 1
+        self.cursor = Cursor()
+        model_path = cfg.model_path
+        if self.resume_id:
+            run = self.store.get_run(self.resume_id)
+            if run is None:
+                raise TrainingError(f"--resume: no run {self.resume_id!r} in {cfg.store_url}")
+            self.run_id = run["id"]
+            self.run_dir = cfg.output_path / self.run_id
+            latest = self.run_dir / "latest"
+            if latest.exists():
+                model_path = str(latest)
+        else:
+            self.run_id = self.store.create_run(cfg.name or Path(cfg.training_file).stem, cfg.model_dump(),
+                                                base_model=cfg.model, output_dir=str(cfg.output_path))
+            self.run_dir = cfg.output_path / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2, default=str))
+
+        torch.manual_seed(hp.seed)
+        random.seed(hp.seed)
+        try:
+            model, self.tokenizer = load_model_and_tokenizer(model_path)
+        except OSError as e:
+            raise TrainingError(f"model: cannot load {model_path!r}: {e}") from None
+        self.renderer = ChatRenderer(self.tokenizer)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.renderer.eos_id
+        self.learner = Learner(
+            model, lora=hp.lora, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay, grad_clip=hp.grad_clip,
+            temperature=hp.temperature, kl_coef=hp.kl_coef, micro_batch_size=hp.micro_batch_size, pad_id=pad,
+        )
+        self.sampler = TransformersSampler(self.learner.model, stop_ids=self.renderer.stop_ids, pad_id=pad)
+        self.loop = AgentLoop(
+            self.sampler, self.renderer, self.router,
+            limits=RolloutLimits(hp.max_turns, hp.max_episode_steps, hp.max_context_tokens),
+            max_batch=hp.max_batch_trajectories,
+        )
+        self.train_params = SamplingParams(hp.temperature, hp.top_p, hp.max_new_tokens)
+        self.eval_params = SamplingParams(hp.eval_temperature or hp.temperature, hp.top_p, hp.max_new_tokens)
+        self.best: list[tuple[float, int, str]] = []  # (val reward, step, checkpoint dir)
+
+        if self.resume_id:
+            latest = self.run_dir / "latest"
+            if latest.exists():
+                state = self.learner.load_state(latest)
+                self.start_step = int(state["step"]) + 1
+                self.cursor = Cursor(**state["cursor"])
+                self.best = [tuple(b) for b in state.get("best", [])]  # type: ignore[misc]
+                removed = self.store.delete_after(self.run_id, int(state["step"]))
+            else:
+                removed = self.store.delete_after(self.run_id, -1)
+            self._say(f"resuming {self.run_id} at step {self.start_step} (removed {removed} records written after "
+                      "the last checkpoint)")
+        self.store.set_status(self.run_id, "running")
+
+    def _say(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg)
+
+    # ---- main loop ---------------------------------------------------------------------------------
+    def run(self) -> str:
+        self._setup()
+        try:
+            self._train()
+        except KeyboardInterrupt:
+            self.store.set_status(self.run_id, "cancelled")
+            raise
+        except Exception:
+            self.store.set_status(self.run_id, "failed")
+            raise
+        finally:
+            self.router.close()
+        self.store.set_status(self.run_id, "succeeded")
+        return self.run_id
+
+    def _train(self) -> None:
+        from agentrft.progress import TrainProgress
+
+        with TrainProgress(self.total_steps, enabled=self.progress, console=self.console) as prog:
+            prog.advance_to(self.start_step - 1)
+            if self.start_step == 1 and self.valid_rows:
+                self._eval(0, prog)
+            for step in range(self.start_step, self.total_steps + 1):
+                t_iter = time.perf_counter()
+                metrics = self._train_step(step, prog)
+                metrics["time/full_iteration"] = time.perf_counter() - t_iter
+                if self.valid_rows and (step % self.hp.eval_interval == 0 or step == self.total_steps):
+                    t_eval = time.perf_counter()
+                    self._eval(step, prog)
+                    metrics["time/eval"] = time.perf_counter() - t_eval
+                self._save_latest(step)
+                prog.step_done(step, metrics)
+
+    def _train_step(self, step: int, prog: Any) -> dict[str, Any]:
+        hp = self.hp
+        row_ids = self.cursor.take(len(self.train_rows), hp.batch_size, hp.seed)
+        rows: list[Row] = [self.train_rows[i] for i in row_ids]
+        tasks = [
+            RolloutTask(row=r, seed=rollout_seed(hp.seed, step, r.index, k), split="train",
+                        group_id=f"s{step}-r{r.index}-{j}", sample_index=k, data_dir=self.data_dir)
+            for j, r in enumerate(rows)
+            for k in range(hp.group_size)
+        ]
+        t0 = time.perf_counter()
+        prog.start_rollouts(len(tasks), "rollouts")
+        trajs = self.loop.run(tasks, self.train_params, on_done=prog.rollout_done)
+        t_sample = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        grade_trajectories(trajs, {r.index: r for r in rows}, self.grader, holdouts=self.holdouts,
+                           response_format=self.cfg.response_format)
+        t_grade = time.perf_counter() - t0
+        counts = assign_advantages(trajs, hp.advantage)
+        trained = [t for t in trajs if t.advantage is not None]
+        t0 = time.perf_counter()
+        upd: dict[str, float] = {}
+        if trained:
+            base = turn_baselines(trained) if hp.turn_credit_coef else {}
+            advs = {t.trace_id: token_advantages(t, hp.turn_credit_coef, base.get(t.group_id, 0.0)) for t in trained}
+            order = list(trained)
+            random.Random(hp.seed + step).shuffle(order)
+            n = hp.mini_batches
+            chunks = [order[i::n] for i in range(n) if order[i::n]]
+            stats = [self.learner.rl_step(c, [advs[t.trace_id] for t in c], eps_low=hp.clip_eps_low,
+                                          eps_high=hp.clip_eps_high, level=hp.loss) for c in chunks]
+            upd = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+            if hp.kl_coef == 0 and self.learner.is_lora:
+                upd["kl"] = self.learner.kl_to_reference(trained)
+        t_train = time.perf_counter() - t0
+        m = agent_metrics(trajs)
+        m.update({
+            "step": step,
+            "zero_variance_fraction": counts["zero_variance_groups"] / max(1, counts["groups"]),
+            "trained_trajectories": counts["trained_trajectories"],
+            "kl": upd.get("kl", 0.0), "entropy": upd.get("entropy", 0.0),
+            "clip_fraction": upd.get("clip_fraction", 0.0), "loss": upd.get("loss", 0.0),
+            "grad_norm": upd.get("grad_norm", 0.0), "ratio_mean": upd.get("ratio_mean", 1.0),
+            "time/sampling": t_sample, "time/grading": t_grade, "time/training": t_train,
+            "epoch": self.cursor.epoch,
+        })
+        m["train_reward_mean"] = m["reward_mean"]
+        self.store.record_step(self.run_id, step, "train", m, trajs)
+        return m
+
+    def _eval(self, step: int, prog: Any) -> dict[str, Any]:
+        hp = self.hp
+        prog.start_rollouts(len(self.valid_rows) * hp.eval_samples, f"eval @ step {step}")
+        t0 = time.perf_counter()
+        trajs, m = evaluate(
+            self.loop, list(self.valid_rows), self.grader, samples=hp.eval_samples, params=self.eval_params,
+            seed=hp.seed, split="valid", holdouts=self.holdouts, response_format=self.cfg.response_format,
+            data_dir=self.valid_dir, on_done=prog.rollout_done,
+        )
+        ckpt_id = f"{self.run_id}:step-{step}"
+        for t in trajs:
+            t.checkpoint_id = ckpt_id
+        m["step"] = step
+        m["valid_reward_mean"] = m["reward_mean"]
+        m["time/eval"] = time.perf_counter() - t0
+        self.store.record_step(self.run_id, step, "valid", m, trajs)
+        self._save_eval_checkpoint(step, ckpt_id, m)
+        prog.eval_done(step, m)
+        return m
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def _state(self, step: int) -> dict[str, Any]:
+        return {"step": step, "cursor": {"epoch": self.cursor.epoch, "offset": self.cursor.offset},
+                "best": [list(b) for b in self.best], "run_id": self.run_id, "base_model": self.cfg.model_path}
+
+    def _save_latest(self, step: int) -> None:
+        self.learner.save(self.run_dir / "latest", self.tokenizer, self._state(step))
+
+    def _save_eval_checkpoint(self, step: int, ckpt_id: str, m: dict[str, Any]) -> None:
+        path = self.run_dir / "checkpoints" / f"step-{step:06d}"
+        reward = float(m["reward_mean"])
+        self.best.append((reward, step, str(path)))
+        # best first; ties broken by the earlier step (fewer updates for the same reward)
+        self.best.sort(key=lambda b: (-b[0], b[1]))
+        kept = self.best[: self.hp.keep_checkpoints]
+        dropped = self.best[self.hp.keep_checkpoints :]
+        self.best = kept
+        is_kept = any(b[1] == step for b in kept)
+        if is_kept:
+            self.learner.save(path, self.tokenizer, self._state(step))
+        self.store.record_checkpoint(self.run_id, ckpt_id, step, str(path), m, reward, kept=is_kept)
+        for _, s, p in dropped:
+            if s != step:
+                shutil.rmtree(p, ignore_errors=True)
+                self.store.set_checkpoint_kept(f"{self.run_id}:step-{s}", False)
+
+
+def train(cfg: RunConfig, *, resume: str | None = None, progress: bool = True, console: Any = None) -> str:
+    return Trainer(cfg, resume=resume, progress=progress, console=console).run()
+
+
+def trajectories_summary(trajs: list[Trajectory]) -> dict[str, Any]:
+    return agent_metrics(trajs)
