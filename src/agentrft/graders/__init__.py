@@ -13,5 +13,6 @@ from agentrft.graders import text_similarity as _text_similarity  # noqa: F401,E
 from agentrft.graders import python_grader as _python_grader  # noqa: F401,E402
 from agentrft.graders import model_graders as _model_graders  # noqa: F401,E402
 from agentrft.graders import endpoint as _endpoint  # noqa: F401,E402
+from agentrft.graders import trajectory as _trajectory  # noqa: F401,E402
 
 __all__ = ["Grader", "GraderSpecError", "build_grader", "grader_version", "sample_from_trajectory"]
