@@ -87,16 +87,15 @@ class MultiGrader(Grader):
         usage: dict[str, int] = {}
         sub_rewards: dict[str, float] = {}
         for k, g in grades.items():
-            sub_rewards[k] = 0.0 if g.has_error else g.score
-            for f, v in g.errors.items():
-                if v:
-                    errors[f] = True
-            details += [f"{k}: {d}" for d in g.metadata.get("errors_detail", [])]
-            merge_token_usage(usage, g.metadata.get("token_usage"))
-        meta: dict[str, Any] = {
-            "sub_grades": {k: {"type": g.grader_type, "score": g.score, "errors": g.errors,
-                               "passed": g.passed} for k, g in grades.items()},
-        }
+            if g.errors:  # safe_grade keeps only true flags
+                sub_rewards[k] = 0.0
+                errors.update(g.errors)
+                details += [f"{k}: {d}" for d in g.metadata.get("errors_detail", [])]
+            else:
+                sub_rewards[k] = g.score
+            if g.metadata:
+                merge_token_usage(usage, g.metadata.get("token_usage"))
+        meta: dict[str, Any] = {"sub_passed": {k: g.passed for k, g in grades.items() if g.passed is not None}}
         if usage:
             meta["token_usage"] = usage
         try:
