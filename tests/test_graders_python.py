@@ -152,7 +152,8 @@ def test_isolation_layers_reported(pool):
     iso = pool.last_isolation
     assert iso["audit_hook"] is True and iso["rlimits"] is True
     if os.geteuid() == 0:  # this project's machines: every kernel layer must take
-        for layer in ("netns", "mount_ro", "scratch", "dev", "proc_hidden", "caps_dropped", "seccomp"):
+        for layer in ("netns", "mount_ro", "paths_hidden", "scratch", "dev", "proc_hidden", "caps_dropped",
+                      "seccomp"):
             assert iso[layer] is True, (layer, iso[layer])
 
 
@@ -163,3 +164,28 @@ def test_many_grades_threads(pool):
     with cf.ThreadPoolExecutor(4) as ex:
         scores = list(ex.map(lambda k: g.grade(sample_from_text(str(k % 2)), {"ref": "0"}).score, range(200)))
     assert scores == [1.0 if k % 2 == 0 else 0.25 for k in range(200)]
+
+
+def test_secret_files_are_hidden(tmp_path):
+    """The trainer's home (default) and any hide_paths are empty inside the sandbox; Python still works."""
+    secret_dir = tmp_path / "creds"
+    secret_dir.mkdir()
+    (secret_dir / "token.txt").write_text("hunter2")
+    p = SandboxPool(1, timeout_s=10, hide_paths=(os.path.expanduser("~"), str(secret_dir)))
+    try:
+        src = f"def grade(s, i):\n    return float(len(open({str(secret_dir / 'token.txt')!r}).read()))\n"
+        g = grader(p, src).grade(sample_from_text(""), {})
+        assert g.errors == {"python_grader_runtime_error": True} and "FileNotFoundError" in str(g.metadata)
+        if os.geteuid() == 0:
+            assert p.last_isolation["paths_hidden"] is True
+            probe = os.path.join(os.path.expanduser("~"), f".agentrft-probe-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("secret")
+            try:  # numpy still imports (Python below home is re-exposed); the probe file is not there
+                src = f"import os, numpy\ndef grade(s, i):\n    return float(os.path.exists({probe!r}))\n"
+                g = grader(p, src).grade(sample_from_text(""), {})
+                assert g.errors == {} and g.score == 0.0
+            finally:
+                os.unlink(probe)
+    finally:
+        p.close()

@@ -60,7 +60,7 @@ class _Worker:
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
         cfg = {"scratch": self.scratch, "memory_mb": pool.memory_mb, "disk_mb": pool.disk_mb,
-               "warm_imports": list(pool.warm_imports)}
+               "warm_imports": list(pool.warm_imports), "hide_paths": list(pool.hide_paths)}
         env = {"PATH": "/usr/bin:/bin", "HOME": self.scratch, "TMPDIR": self.scratch, "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1",
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -164,16 +164,20 @@ class _Worker:
 
 
 class SandboxPool:
-    """``size`` warm workers (default: CPU count, at most 8). Limits follow OpenAI's python grader sandbox."""
+    """``size`` warm workers (default: CPU count, at most 8). Limits follow OpenAI's python grader sandbox.
+    ``hide_paths``: directories covered by an empty tmpfs inside the sandbox (default: the trainer's home)."""
 
     def __init__(self, size: int | None = None, *, memory_mb: int = 2048, disk_mb: int = 1024,
-                 timeout_s: float = 120.0, start_timeout_s: float = 60.0, warm_imports: tuple[str, ...] = ()):
+                 timeout_s: float = 120.0, start_timeout_s: float = 60.0, warm_imports: tuple[str, ...] = (),
+                 hide_paths: tuple[str, ...] | None = None):
         self.size = max(1, size or min(8, os.cpu_count() or 1))
         self.memory_mb = memory_mb
         self.disk_mb = disk_mb
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
         self.warm_imports = tuple(warm_imports)
+        # directories the graders must not read (default: the trainer's home, where keys and tokens live)
+        self.hide_paths = tuple(hide_paths) if hide_paths is not None else (os.path.expanduser("~"),)
         self.root = tempfile.mkdtemp(prefix="agentrft-sandbox-")
         os.chmod(self.root, 0o711)
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()

@@ -9,6 +9,8 @@ reported back in the ``ready`` message (``isolation``), so a weaker host is visi
 3. ``scratch``      … except the scratch directory, a fresh tmpfs of ``disk_mb`` (the disk limit);
 4. ``dev``          ``/dev`` replaced by a tmpfs holding only null, zero, full, random, urandom;
 5. ``proc_hidden``  ``/proc`` and ``/sys`` covered by empty read-only tmpfs (no ``/proc/<ppid>/environ``);
+   ``paths_hidden``  the trainer's home (and any ``hide_paths``) covered the same way — SSH keys, tokens, cloud
+                    credentials gone — with the Python installation below it re-exposed read-only;
 6. ``rlimits``      address space ``memory_mb`` MiB above the worker's baseline, file size ``disk_mb``, 256 open
                     files, no core dumps;
 7. ``caps_dropped`` every capability dropped (bounding, ambient, effective, permitted), no_new_privs;
@@ -94,7 +96,7 @@ def _layer(name: str, fn, *a) -> bool:
         return False
 
 
-def setup_namespaces(libc, scratch: str, disk_mb: int) -> None:
+def setup_namespaces(libc, scratch: str, disk_mb: int, hide_paths: list[str] | None = None) -> None:
     uid, gid = os.getuid(), os.getgid()
     root = uid == 0
     flags = CLONE_NEWNS | CLONE_NEWNET
@@ -132,6 +134,8 @@ def setup_namespaces(libc, scratch: str, disk_mb: int) -> None:
         except OSError as e:
             failed.append(f"{target}: {e.strerror}")
     ISOLATION["mount_ro"] = True if not failed else f"partial: {'; '.join(failed[:5])}"
+    if hide_paths:
+        _layer("paths_hidden", _hide_keeping, libc, hide_paths, scratch)
     _layer("scratch", _mount, libc, "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={disk_mb}m,mode=0700")
     if root:
@@ -154,6 +158,39 @@ def _private_dev(libc) -> None:
         os.mknod(f"/dev/{name}", 0o020666, os.makedev(1, minor))
         os.chmod(f"/dev/{name}", 0o666)
     _mount(libc, None, "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+
+
+def _needed_paths() -> list[str]:
+    """What the worker's Python must still see: its prefixes and sys.path entries."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
+    paths.update(p for p in sys.path if p and os.path.isdir(p))
+    return sorted(os.path.realpath(p) for p in paths)
+
+
+def _hide_keeping(libc, hide: list[str], scratch: str) -> None:
+    """Cover each directory in ``hide`` (e.g. the trainer's home, with its keys and tokens) by an empty
+    read-only tmpfs, re-exposing, read-only, what Python needs below it and the scratch directory."""
+    need = _needed_paths() + [os.path.realpath(scratch)]
+    done = []
+    for h in hide:
+        h = os.path.realpath(h)
+        if h == "/" or not os.path.isdir(h):
+            continue
+        keep = [p for p in need if p == h or p.startswith(h + os.sep)]
+        if h in keep:
+            continue  # hiding it would hide the interpreter itself
+        keep = [p for p in keep if not any(p != q and p.startswith(q + os.sep) for q in keep)]
+        fds = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in keep]
+        _mount(libc, "tmpfs", h, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+        for p, fd in fds:
+            os.makedirs(p, exist_ok=True)
+            _mount(libc, f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+            os.close(fd)
+            if p != os.path.realpath(scratch):
+                _mount(libc, None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+        _mount(libc, None, h, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        done.append(h)
+    ISOLATION["hidden"] = done
 
 
 def _hide(libc, paths: list[str]) -> None:
@@ -397,7 +434,7 @@ def main() -> None:
     if sys.platform.startswith("linux"):
         libc = _libc()
         try:
-            setup_namespaces(libc, scratch, int(cfg["disk_mb"]))
+            setup_namespaces(libc, scratch, int(cfg["disk_mb"]), cfg.get("hide_paths"))
         except Exception as e:
             ISOLATION.setdefault("netns", f"unavailable: {e}")
             ISOLATION.setdefault("mount_ro", f"unavailable: {e}")
