@@ -49,9 +49,9 @@ def clipped_policy_loss(
         clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
         per_tok = -torch.minimum(unclipped, clipped)
         loss = (per_tok * mask).sum() / norm
-        was_clipped = ((clipped < unclipped).float() * mask).sum()
+        was_clipped = ((clipped < unclipped).detach().float() * mask).sum()
         stats["clipped"] = float(was_clipped)
-        stats["ratio_sum"] = float((ratio * mask).sum())
+        stats["ratio_sum"] = float((ratio.detach() * mask).sum())
         stats["units"] = float(mask.sum())
     elif level == "sequence":
         n = mask.sum(-1).clamp(min=1.0)
@@ -63,8 +63,8 @@ def clipped_policy_loss(
         clipped = torch.clamp(s, 1.0 - eps_low, 1.0 + eps_high) * a
         per_seq = -torch.minimum(unclipped, clipped) * has
         loss = per_seq.sum() / norm
-        stats["clipped"] = float(((clipped < unclipped).float() * has).sum())
-        stats["ratio_sum"] = float((s * has).sum())
+        stats["clipped"] = float(((clipped < unclipped).detach().float() * has).sum())
+        stats["ratio_sum"] = float((s.detach() * has).sum())
         stats["units"] = float(has.sum())
     else:
         raise ValueError(f"unknown loss level {level!r} (token, sequence)")
