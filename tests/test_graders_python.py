@@ -189,3 +189,20 @@ def test_secret_files_are_hidden(tmp_path):
                 os.unlink(probe)
     finally:
         p.close()
+
+
+def test_dying_workers_under_concurrency():
+    """Workers that die (os._exit, timeouts) free their slots; waiting callers get fresh workers."""
+    import concurrent.futures as cf
+
+    p = SandboxPool(2, timeout_s=10)
+    try:
+        die = grader(p, "import os\ndef grade(s, i):\n    os._exit(3)\n")
+        with cf.ThreadPoolExecutor(6) as ex:
+            rs = list(ex.map(lambda k: die.grade(sample_from_text(""), {}), range(12)))
+        assert all(r.metadata["sandbox_error_kind"] == "killed" for r in rs)
+        assert "exited with status 3" in rs[0].metadata["errors_detail"][0]
+        assert p.stats["killed"] == 12
+        assert_alive(p)
+    finally:
+        p.close()

@@ -190,28 +190,34 @@ class SandboxPool:
 
     # ---- worker checkout ------------------------------------------------------------------------------
     def _acquire(self) -> _Worker:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._closed:
-                raise SandboxError("sandbox pool is closed")
-            start = self._count < self.size
-            if start:
-                self._count += 1
-                idx = self._next_idx
-                self._next_idx += 1
-        if start:
+        """An idle worker, or a new one while fewer than ``size`` exist, else wait. Waiting re-checks the count:
+        a worker that died frees its slot without coming back to the idle queue."""
+        while True:
             try:
-                w = _Worker(self, idx)
-            except BaseException:
-                with self._lock:
-                    self._count -= 1
-                raise
-            self.last_isolation = w.isolation
-            return w
-        return self._idle.get()
+                return self._idle.get_nowait()
+            except queue.Empty:
+                pass
+            with self._lock:
+                if self._closed:
+                    raise SandboxError("sandbox pool is closed")
+                start = self._count < self.size
+                if start:
+                    self._count += 1
+                    idx = self._next_idx
+                    self._next_idx += 1
+            if start:
+                try:
+                    w = _Worker(self, idx)
+                except BaseException:
+                    with self._lock:
+                        self._count -= 1
+                    raise
+                self.last_isolation = w.isolation
+                return w
+            try:
+                return self._idle.get(timeout=0.05)
+            except queue.Empty:
+                continue
 
     def _release(self, w: _Worker) -> None:
         if w.dead:

@@ -460,6 +460,10 @@ def main() -> None:
         if req is None:
             return
         out = CappedIO()
+        try:
+            os.chdir(scratch)  # a previous grader may have moved away
+        except OSError:
+            pass
         sys.stdout = sys.stderr = out
         try:
             resp = run_one(req, cache)
