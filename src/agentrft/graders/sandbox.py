@@ -107,8 +107,9 @@ class _Worker:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
-            r, _, _ = select.select([self.resp_r], [], [], left)
-            if not r:
+            poller = select.poll()  # not select(): a busy trainer may hold fds past FD_SETSIZE (1024)
+            poller.register(self.resp_r, select.POLLIN | select.POLLHUP | select.POLLERR)
+            if not poller.poll(max(1, int(left * 1000))):
                 raise TimeoutError
             chunk = os.read(self.resp_r, min(n - len(buf), 1 << 20))
             if not chunk:
