@@ -223,3 +223,23 @@ def test_process_with_local_judge():
         assert g.turn_scores == [1.0, 0.5] and g.score == 0.75
     finally:
         model_graders.register_judge("turn-judge", None)
+
+
+def test_grade_trajectories_batch_in_order():
+    from agentrft.graders import grade_trajectories
+    from agentrft.graders.sandbox import SandboxPool
+
+    trajs = [traj([[ok("a")] * k, []]) for k in range(6)]
+    items = [{"min_tool_calls": 1, "max_tool_calls": 5}] * 6
+    gs = grade_trajectories(build_grader(EFF), trajs, items)
+    assert [g.score for g in gs] == [1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    pool = SandboxPool(2, timeout_s=10)
+    try:
+        src = "def grade(sample, item):\n    return float(len(sample['trajectory']['tool_calls']))\n"
+        py = build_grader({"type": "python", "name": "py", "source": src}).use_pool(pool)
+        gs = grade_trajectories(py, trajs, items, max_workers=4)
+        assert [g.score for g in gs] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    finally:
+        pool.close()
+    with pytest.raises(ValueError, match="6 trajectories but 1 items"):
+        grade_trajectories(build_grader(EFF), trajs, items[:1])

@@ -15,4 +15,8 @@ from agentrft.graders import model_graders as _model_graders  # noqa: F401,E402
 from agentrft.graders import endpoint as _endpoint  # noqa: F401,E402
 from agentrft.graders import trajectory as _trajectory  # noqa: F401,E402
 
-__all__ = ["Grader", "GraderSpecError", "build_grader", "grader_version", "sample_from_trajectory"]
+from agentrft.graders.batch import grade_trajectories, grade_trajectory  # noqa: E402
+from agentrft.graders.model_graders import register_judge  # noqa: E402
+
+__all__ = ["Grader", "GraderSpecError", "build_grader", "grader_version", "sample_from_trajectory",
+           "grade_trajectory", "grade_trajectories", "register_judge"]
