@@ -115,6 +115,8 @@ HOSTILE = {
                      "    return 1.0\n", "exception"),
     "kill_parent": ("import os, signal\ndef grade(s, i):\n    os.kill(os.getppid(), signal.SIGKILL)\n"
                     "    return 1.0\n", "exception"),
+    "thread_left_running": ("import threading\ndef grade(s, i):\n    threading.Thread(target=lambda: [0 for _ in"
+                            " iter(int, 1)], daemon=True).start()\n    return 1 / 0\n", "exception"),
     "ctypes": ("import ctypes\ndef grade(s, i):\n    ctypes.CDLL(None).fork()\n    return 1.0\n", "exception"),
 }
 
@@ -204,5 +206,19 @@ def test_dying_workers_under_concurrency():
         assert "exited with status 3" in rs[0].metadata["errors_detail"][0]
         assert p.stats["killed"] == 12
         assert_alive(p)
+    finally:
+        p.close()
+
+
+def test_worker_with_leftover_threads_is_retired():
+    p = SandboxPool(1, timeout_s=10)
+    try:
+        src = ("import threading, time\ndef grade(s, i):\n"
+               "    threading.Thread(target=lambda: time.sleep(3600), daemon=True).start()\n    return 0.5\n")
+        g = grader(p, src).grade(sample_from_text(""), {})
+        assert g.score == 0.5 and g.errors == {}
+        assert p.stats["restarts"] == 1  # the worker answered, then retired instead of idling with a live thread
+        assert_alive(p)
+        assert p.stats["restarts"] == 1
     finally:
         p.close()

@@ -257,6 +257,8 @@ class SandboxPool:
                 return SandboxResult(False, kind=kind, error=desc, isolation=w.isolation,
                                      wall_s=time.monotonic() - t0)
             self.stats["grades"] += 1
+            if resp.get("recycle"):
+                w.kill()  # the worker retires itself; its slot is refilled by the next request
             return SandboxResult(bool(resp.get("ok")), score=float(resp.get("score", 0.0) or 0.0),
                                  kind=str(resp.get("kind", "")), error=str(resp.get("error", "")),
                                  stdout=str(resp.get("stdout", "")), isolation=w.isolation,
