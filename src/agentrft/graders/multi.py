@@ -65,23 +65,24 @@ class MultiGrader(Grader):
             self.formula = Formula(src, set(self.subs))
         except FormulaError as e:
             raise GraderSpecError(f"grader.{e}") from None
-        self.io_bound = any(getattr(g, "io_bound", False) for g in self.subs.values())
+        self._io_keys = [k for k, g in self.subs.items() if getattr(g, "io_bound", False)]
+        self._items = list(self.subs.items())
+        self.io_bound = bool(self._io_keys)
 
     def _grade(self, sample: dict[str, Any], item: dict[str, Any], *, trace_id: str | None) -> Grade:
-        grades: dict[str, Grade] = {}
-        io = [k for k, g in self.subs.items() if getattr(g, "io_bound", False)]
+        io = self._io_keys
         if len(io) > 1:
+            grades: dict[str, Grade] = {}
             with cf.ThreadPoolExecutor(max_workers=len(io)) as ex:
                 futs = {k: ex.submit(self.subs[k].grade, sample, item, trace_id=trace_id) for k in io}
-                for k, g in self.subs.items():
+                for k, g in self._items:
                     if k not in futs:
                         grades[k] = g.grade(sample, item, trace_id=trace_id)
                 for k, f in futs.items():
                     grades[k] = f.result()
+            grades = {k: grades[k] for k in self.subs}  # keep the spec's order
         else:
-            for k, g in self.subs.items():
-                grades[k] = g.grade(sample, item, trace_id=trace_id)
-        grades = {k: grades[k] for k in self.subs}  # keep the spec's order
+            grades = {k: g.grade(sample, item, trace_id=trace_id) for k, g in self._items}
         errors: dict[str, bool] = {}
         details: list[str] = []
         usage: dict[str, int] = {}
