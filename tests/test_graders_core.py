@@ -204,3 +204,22 @@ def test_python_function_bad_reference():
         pf("does_not_exist")
     with pytest.raises(GraderSpecError, match="cannot import"):
         build_grader({"type": "python_function", "function": "no_such_mod_xyz:f"})
+
+
+def test_templates_over_a_real_trajectory_sample():
+    from agentrft.graders.base import sample_from_trajectory
+    from agentrft.types import ToolCall, Trajectory, Turn
+
+    call = ToolCall(call_id="call_1", name="lookup", arguments='{"id": 7}', output="found")
+    t = Trajectory(trace_id="trace_x", row_index=0, turns=[Turn(index=0, start=0, end=0, text="", tool_calls=[call])],
+                   messages=[{"role": "assistant", "content": '{"answer": "Paris", "n": 2}'}])
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    s = sample_from_trajectory(t, rf)
+    assert render("{{ sample.output_json.answer }}/{{ sample.output_tools[0].function.name }}", s, {}) == "Paris/lookup"
+    assert render("{{ sample.trajectory.tool_calls[0].output }}", s, {}) == "found"
+    g = build_grader({"type": "string_check", "name": "x", "input": "{{ sample.output_json.answer }}",
+                      "reference": "{{ item.city }}", "operation": "eq"})
+    assert g.grade(s, {"city": "Paris"}).score == 1.0
+    # without a response format there is no output_json: flagged, not rendered empty
+    r = g.grade(sample_from_trajectory(t), {"city": "Paris"})
+    assert r.errors == {"invalid_variable_error": True} and "response format" in r.metadata["errors_detail"][0]
