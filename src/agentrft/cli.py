@@ -99,6 +99,40 @@ def eval_cmd(
         out.write_text(json.dumps(metrics, indent=2))
 
 
+@app.command()
+def sft(
+    config: Path = typer.Option(..., "--config", help="SFT config (YAML): model, demos_file, output_dir, hyperparameters"),
+) -> None:
+    """Supervised warm-start on demonstration trajectories (same renderer and loss mask as RL)."""
+    _quiet_libraries()
+    from agentrft.rl.sft import load_sft_config, run_sft
+
+    def resolve(base: Path, p: str) -> str:
+        q = Path(p)
+        return str(q if q.is_absolute() else base / q)
+
+    with user_errors():
+        cfg, base = load_sft_config(config)
+        hp = cfg.hyperparameters
+        model = resolve(base, cfg.model) if (base / cfg.model).exists() else cfg.model
+        with _bar("sft") as (bar, task):
+            res = run_sft(model, resolve(base, cfg.demos_file), resolve(base, cfg.output_dir), epochs=hp.epochs,
+                          batch_size=hp.batch_size, learning_rate=hp.learning_rate, lora=hp.lora,
+                          micro_batch_size=hp.micro_batch_size, seed=hp.seed, max_tokens=hp.max_tokens,
+                          on_step=lambda i, n, st: bar.update(task, total=n, completed=i, info=f"loss {st['loss']:.3f}"))
+    console.print(f"SFT: {res.steps} steps on {res.examples} demos ({res.tokens} supervised tokens), loss "
+                  f"{res.first_loss:.3f} → {res.last_loss:.3f} in {res.wall_s:.0f}s; model written to {res.out_dir}")
+
+
+@contextmanager
+def _bar(label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=err) as bar:
+        yield bar, bar.add_task(label, total=None, info="")
+
+
 def _store(config: Optional[Path], store: Optional[str]):
     from agentrft.config import load_config
     from agentrft.store import RunStore

@@ -36,6 +36,11 @@ def grade_trajectories(
             hg.metadata["holdout"] = True
             grades.append(hg)
         t.grades = grades
+        if g.metadata.get("drop_rollout"):  # e.g. an endpoint grader that never answered: contract says drop
+            t.outcome = "dropped"
+            t.drop_reason = f"grader {g.grader_name!r}: " + str(g.metadata.get("error") or "unresponsive")
+            t.reward = None
+            return
         t.reward = float(g.score)
 
     todo = [t for t in trajs if not t.dropped]

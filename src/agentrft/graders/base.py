@@ -106,8 +106,8 @@ def safe_grade(grader: Grader, sample: dict[str, Any], item: dict[str, Any], *, 
             metadata={"error": f"{type(e).__name__}: {e}"},
         )
     g.errors = {k: v for k, v in g.errors.items() if v}
-    if g.has_error and not g.metadata.get("keep_score_on_error"):
-        g.score = 0.0 if g.score is None else g.score
+    if g.score is None or (g.has_error and not g.metadata.get("keep_score_on_error")):
+        g.score = 0.0  # an error scores 0 unless the grader deliberately keeps partial credit
     g.execution_time_s = g.execution_time_s or (time.perf_counter() - t0)
     return g
 

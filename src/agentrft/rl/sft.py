@@ -15,10 +15,51 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentrft.config import LoraConfig
 from agentrft.data import load_dataset
 from agentrft.policy.learner import Learner, load_model_and_tokenizer
 from agentrft.rollout.render import ChatRenderer
+
+
+class SFTHyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    lora: LoraConfig | None = None
+    seed: int = 0
+    max_tokens: int = Field(2048, ge=16)
+
+
+class SFTConfig(BaseModel):
+    """``agentrft sft --config sft.yaml``: ``model``, ``demos_file``, ``output_dir`` (paths relative to the file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    demos_file: str
+    output_dir: str
+    hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters)
+
+
+def load_sft_config(path: str | Path) -> tuple[SFTConfig, Path]:
+    import yaml
+
+    from agentrft.config import ConfigError, _format_errors
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return SFTConfig.model_validate(data), path.parent.resolve()
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path))) from None
 
 
 @dataclass

@@ -1,0 +1,97 @@
+"""A training run killed mid-way (SIGKILL, a real subprocess) resumes and finishes with every step's
+trajectories recorded exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+import lookup_task
+from agentrft.store import RunStore
+
+TESTS = Path(__file__).parent
+
+
+def _config(tmp: Path, model: Path, files: dict[str, Path], steps: int) -> Path:
+    cfg = {
+        "name": "resume-test",
+        "model": str(model),
+        "training_file": str(files["train"]),
+        "validation_file": str(files["valid"]),
+        "tools": ["lookup_task:lookup"],
+        "grader": lookup_task.GRADER,
+        "output_dir": str(tmp / "runs"),
+        "hyperparameters": {
+            "max_steps": steps, "batch_size": 2, "group_size": 2, "eval_interval": 3, "eval_samples": 1,
+            "max_new_tokens": 12, "max_turns": 2, "learning_rate": 1e-3, "seed": 3, "keep_checkpoints": 2,
+        },
+    }
+    p = tmp / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _agentrft(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "agentrft.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_and_resume(tiny_model, tmp_path):
+    files = lookup_task.write_task(tmp_path / "data", n_train=8, n_valid=3, n_demos=1)
+    cfg = _config(tmp_path, tiny_model, files, steps=6)
+    store_url = "sqlite:///" + str(tmp_path / "runs" / "agentrft.db")
+
+    proc = _agentrft("train", str(cfg), "--no-progress")
+    deadline = time.time() + 240
+    run_id = None
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if not (tmp_path / "runs" / "agentrft.db").exists():
+            continue
+        st = RunStore(store_url)
+        runs = st.list_runs()
+        if runs and len(st.step_metrics(runs[0]["id"], split="train")) >= 2:
+            run_id = runs[0]["id"]
+            st.close()
+            break
+        st.close()
+    assert run_id is not None, "the run never reached step 2: " + (proc.stdout.read() if proc.poll() is not None else "")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    st = RunStore(store_url)
+    before = {m["step"] for m in st.step_metrics(run_id, split="train")}
+    assert before and max(before) < 6
+    st.close()
+
+    proc = _agentrft("train", str(cfg), "--no-progress", "--resume", run_id[:12])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert f"resuming {run_id}" in out
+
+    st = RunStore(store_url)
+    assert st.get_run(run_id)["status"] == "succeeded"
+    assert [m["step"] for m in st.step_metrics(run_id, split="train")] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in st.step_metrics(run_id, split="valid")] == [0, 3, 6]
+    trajs = st.trajectories(run_id)
+    assert len({t["trace_id"] for t in trajs}) == len(trajs)
+    per_step: dict[tuple[str, int], list] = {}
+    for t in trajs:
+        per_step.setdefault((t["split"], t["step"]), []).append((t["row_index"], t["sample_index"], t["group_id"]))
+    for step in range(1, 7):
+        keys = per_step[("train", step)]
+        assert len(keys) == 4 and len(set(keys)) == 4  # batch 2 × group 2, none duplicated, none missing
+    for step in (0, 3, 6):
+        assert len(per_step[("valid", step)]) == 3
+    state = json.loads((tmp_path / "runs" / run_id / "latest" / "trainer_state.json").read_text())
+    assert state["step"] == 6
+    kept = [c for c in st.checkpoints(run_id) if c["kept"]]
+    assert len(kept) == 2 and all(Path(c["path"]).exists() for c in kept)
