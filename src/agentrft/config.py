@@ -91,6 +91,25 @@ class ApprovalConfig(_Strict):
     policy: str = Field("allow", description="allow | deny | module:function(call, item, messages) -> bool")
 
 
+class MonitorConfig(_Strict):
+    """Reward-hacking and collapse monitor thresholds (see agentrft.evals.monitors for each signal's formula).
+    Defaults follow the reference guidance: gap > 0.1, rank correlation < 0.8, length growth >= 3x, errors > 0."""
+
+    enabled: bool = True
+    train_valid_gap: float = Field(0.1, ge=0, description="alert when (train - valid) reward grew by more than this")
+    holdout_gap: float = Field(0.1, ge=0, description="alert when the reward rose this much more than a holdout")
+    holdout_rank_correlation: float = Field(0.8, ge=-1, le=1, description="alert when Spearman rho falls below")
+    length_growth: float = Field(3.0, gt=1, description="alert when completion tokens grow by this factor")
+    tool_call_growth: float = Field(3.0, gt=1, description="alert when tool calls per trajectory grow this much")
+    grader_error_rate: float = Field(0.0, ge=0, description="alert when grader errors per trajectory exceed this")
+    repeated_bigram_increase: float = Field(0.3, ge=0, le=1, description="alert when the repeated tool-name bigram "
+                                            "fraction rose this much above its first value")
+    entropy_collapse: float = Field(0.2, ge=0, le=1, description="alert when entropy < this x its first value")
+    min_trajectories: int = Field(8, ge=2, description="fewest trajectories for a rank correlation")
+    train_window: int = Field(3, ge=1, description="train steps averaged for the train-valid gap")
+    pause_on_alert: bool | list[str] = Field(False, description="pause the run on any alert (true) or on these signals")
+
+
 class RunConfig(_Strict):
     name: str | None = None
     model: str
@@ -99,6 +118,7 @@ class RunConfig(_Strict):
     tools: list[str | HttpToolConfig | McpToolConfig] = Field(default_factory=list)
     grader: dict[str, Any]
     holdout_graders: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    monitors: MonitorConfig = Field(default_factory=MonitorConfig)
     response_format: dict[str, Any] | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)

@@ -101,6 +101,10 @@ class Trainer:
         self.grader = build_grader(cfg.grader)
         self.holdouts = {name: build_grader({"name": name, **spec}) for name, spec in cfg.holdout_graders.items()}
         self.store = RunStore(cfg.store_url)
+        from agentrft.evals.monitors import Monitor, replay_state
+
+        self.monitor = Monitor(cfg.monitors, holdout_names=[g.name for g in self.holdouts.values()])
+        self.paused = False
         steps_per_epoch = math.ceil(len(self.train_rows) / hp.batch_size)
         self.total_steps = hp.max_steps or hp.n_epochs * steps_per_epoch
 
@@ -154,6 +158,7 @@ class Trainer:
                 self.cursor = Cursor(**state["cursor"])
                 self.best = [tuple(b) for b in state.get("best", [])]  # type: ignore[misc]
                 removed = self.store.delete_after(self.run_id, int(state["step"]))
+                replay_state(self.store, self.run_id, self.monitor, int(state["step"]))
             else:
                 removed = self.store.delete_after(self.run_id, -1)
             self._say(f"resuming {self.run_id} at step {self.start_step} (removed {removed} records written after "
@@ -177,7 +182,7 @@ class Trainer:
             raise
         finally:
             self.router.close()
-        self.store.set_status(self.run_id, "succeeded")
+        self.store.set_status(self.run_id, "paused" if self.paused else "succeeded")
         return self.run_id
 
     def _train(self) -> None:
@@ -187,6 +192,8 @@ class Trainer:
             prog.advance_to(self.start_step - 1)
             if self.start_step == 1 and self.valid_rows:
                 self._eval(0, prog)
+                if self._pause_if_alerted(0):
+                    return
             for step in range(self.start_step, self.total_steps + 1):
                 t_iter = time.perf_counter()
                 metrics = self._train_step(step, prog)
@@ -197,6 +204,22 @@ class Trainer:
                     metrics["time/eval"] = time.perf_counter() - t_eval
                 self._save_latest(step)
                 prog.step_done(step, metrics)
+                if self._pause_if_alerted(step):
+                    return
+
+    def _pause_if_alerted(self, step: int) -> bool:
+        """Monitors (agentrft.evals.monitors): with ``monitors.pause_on_alert``, an alert at this step pauses the
+        run — ``latest`` is saved, the status becomes "paused", and ``--resume`` continues at step + 1."""
+        alerts = [a for a in self.monitor.history if a.step == step]
+        for a in alerts:
+            self._say(f"[monitor] step {step} {a.split}: {a.signal}: {a.message}")
+        if not self.monitor.should_pause(alerts) or step >= self.total_steps:
+            return False
+        if step == 0:
+            self._save_latest(0)
+        self.paused = True
+        self._say(f"run paused at step {step} on monitor alerts (resume with --resume {self.run_id})")
+        return True
 
     def _train_step(self, step: int, prog: Any) -> dict[str, Any]:
         hp = self.hp
@@ -245,6 +268,7 @@ class Trainer:
             "epoch": self.cursor.epoch,
         })
         m["train_reward_mean"] = m["reward_mean"]
+        self.monitor.observe_train(step, m, trajs)
         self.store.record_step(self.run_id, step, "train", m, trajs)
         return m
 
@@ -263,6 +287,7 @@ class Trainer:
         m["step"] = step
         m["valid_reward_mean"] = m["reward_mean"]
         m["time/eval"] = time.perf_counter() - t0
+        self.monitor.observe_eval(step, m, trajs)
         self.store.record_step(self.run_id, step, "valid", m, trajs)
         self._save_eval_checkpoint(step, ckpt_id, m)
         prog.eval_done(step, m)
