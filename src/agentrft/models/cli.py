@@ -1,0 +1,138 @@
+"""``agentrft model``: build and import models offline.
+
+* ``agentrft model tiny --env repo_locator --out models/tiny [--vocab-size 1024 --hidden-size 128 --layers 4
+  --seed 0]`` — generates the environment's data into ``DIR/data`` (unless ``--data`` points at already generated
+  data), trains a byte-level BPE tokenizer on its corpus (prompts, tool schemas, demo turns, tool outputs) and
+  writes an untrained Qwen2-style model with the ChatML tool template to ``DIR/model``. Prints a JSON summary
+  (paths, parameters, vocabulary). The model needs the SFT warm-start on ``DIR/data/demos.jsonl`` before RL.
+* ``agentrft model import-gguf PATH --out DIR [--template auto|gemma|chatml] [--keep-template] [--overwrite]``
+  — a GGUF file → float32 transformers directory with a tool-calling chat template (see
+  :mod:`agentrft.models.gguf`). Prints the import record as JSON.
+
+Errors (unknown environment, missing or non-GGUF file, unsupported architecture, a template whose markers are
+not tokens of the vocabulary, a non-empty output directory) print ``error: …`` naming the argument or file and
+exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Build and import models offline.", no_args_is_help=True, add_completion=False)
+
+
+def _die(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@app.command()
+def tiny(
+    env: str = typer.Option(..., "--env", help="bundled environment whose text trains the tokenizer"),
+    out: Path = typer.Option(..., "--out", help="output directory (gets model/ and data/)"),
+    vocab_size: int = typer.Option(1024, "--vocab-size", min=300, help="BPE vocabulary size (≥ 300: bytes + specials)"),
+    hidden_size: int = typer.Option(128, "--hidden-size", min=8),
+    layers: int = typer.Option(4, "--layers", min=1),
+    heads: int = typer.Option(4, "--heads", min=1),
+    kv_heads: int = typer.Option(2, "--kv-heads", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    data: Optional[Path] = typer.Option(None, "--data", help="use data already generated here instead of DIR/data"),
+    n_train: int = typer.Option(200, "--n-train", min=1, help="rows to generate (when --data is not given)"),
+    n_valid: int = typer.Option(50, "--n-valid", min=1),
+) -> None:
+    """Build a tiny tool-calling model whose tokenizer is trained on an environment's text."""
+    _quiet()
+    from agentrft.environments import get_environment
+    from agentrft.models.tiny import TinyModelSpec, build_tiny_model
+
+    try:
+        environment = get_environment(env)
+    except ValueError as e:
+        _die(f"--env: {e}")
+    if hidden_size % heads:
+        _die(f"--hidden-size {hidden_size} must be a multiple of --heads {heads}")
+    if heads % kv_heads:
+        _die(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
+    t0 = time.perf_counter()
+    if data is None:
+        data_dir = out / "data"
+        paths = environment.generate(data_dir, seed=seed, n_train=n_train, n_valid=n_valid)
+    else:
+        data_dir = data
+        if not data_dir.is_dir():
+            _die(f"--data {data_dir}: no such directory")
+        paths = {}
+    texts = list(environment.corpus(data_dir))
+    if not texts:
+        _die(f"--data {data_dir}: the {env} corpus is empty (was the environment generated there?)")
+    spec = TinyModelSpec(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers, num_heads=heads,
+                         num_kv_heads=kv_heads, intermediate_size=3 * hidden_size, seed=seed)
+    model_dir = build_tiny_model(texts, out / "model", spec)
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    n_params = _param_count(cfg)
+    summary = {
+        "model": str(model_dir), "data": str(data_dir), "env": env,
+        "files": {k: str(v) for k, v in paths.items()},
+        "vocab_size": cfg.vocab_size, "hidden_size": hidden_size, "layers": layers, "parameters": n_params,
+        "corpus_texts": len(texts), "seconds": round(time.perf_counter() - t0, 2),
+        "next": f"agentrft sft: warm-start {model_dir} on {Path(data_dir) / 'demos.jsonl'} before RL",
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _param_count(cfg) -> int:  # noqa: ANN001
+    """Parameters of a Qwen2 config with tied embeddings, computed from its shapes (no weights loaded):
+    embeddings V·h; per layer q (h·h + h), k and v (2·(h·kv·d + kv·d)), o (h·h), MLP 3·h·i, two RMSNorms 2·h;
+    final norm h."""
+    h, v, i, n = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers
+    d = h // cfg.num_attention_heads
+    kv = cfg.num_key_value_heads * d
+    layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
+    return v * h + n * layer + h
+
+
+@app.command("import-gguf")
+def import_gguf_cmd(
+    path: Path = typer.Argument(..., help="the .gguf file"),
+    out: Path = typer.Option(..., "--out", help="output model directory (float32 safetensors + tokenizer)"),
+    template: str = typer.Option("auto", "--template", help="auto | gemma | chatml"),
+    keep_template: bool = typer.Option(False, "--keep-template", help="keep the file's own chat template if any"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out"),
+) -> None:
+    """Import a GGUF checkpoint as a float32 transformers model with a tool-calling chat template."""
+    _quiet()
+    from agentrft.models.gguf import GGUFImportError, import_gguf
+
+    try:
+        res = import_gguf(path, out, template=template, keep_file_template=keep_template, overwrite=overwrite,
+                          on_stage=lambda s: typer.echo(s, err=True))
+    except GGUFImportError as e:
+        _die(str(e))
+    except OSError as e:
+        _die(f"{getattr(e, 'filename', None) or path}: {e.strerror or e}")
+    typer.echo(json.dumps(res.as_dict(), indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
