@@ -60,6 +60,28 @@ def _quiet_libraries() -> None:
 
 
 @app.command()
+def quickstart(
+    env: str = typer.Option("repo_locator", "--env", help="bundled environment: repo_locator | support_desk"),
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="where data, models, runs and the report go"),
+    seed: int = typer.Option(0, help="seed for data, model init, sampling"),
+    steps: Optional[int] = typer.Option(None, help="RL steps (default: the environment's preset)"),
+) -> None:
+    """The whole flywheel offline: environment, tiny model, SFT warm-start, baseline, RFT, report."""
+    _quiet_libraries()
+    from agentrft.quickstart import run_quickstart
+
+    with user_errors():
+        s = run_quickstart(env, out, seed=seed, steps=steps, console=err)
+    b, k = s["baseline"], s["best"]
+    console.print(
+        f"validation reward {b['validation_reward']:.3f} → {k['validation_reward']:.3f} (step {s['best_step']}), "
+        f"tool calls/traj {b['tool_calls_per_traj']:.2f} → {k['tool_calls_per_traj']:.2f}, "
+        f"latency {b['latency_s']:.2f}s → {k['latency_s']:.2f}s; total {s['wall_s'] / 60:.1f} min"
+    )
+    console.print(f"report: {s['report']}")
+
+
+@app.command()
 def train(
     config: Path = typer.Argument(..., help="run config (YAML)"),
     resume: Optional[str] = typer.Option(None, "--resume", help="resume this run id (or unique prefix)"),
