@@ -81,7 +81,10 @@ def tiny(
         if not data_dir.is_dir():
             _die(f"--data {data_dir}: no such directory")
         paths = {}
-    texts = list(environment.corpus(data_dir))
+    try:
+        texts = list(environment.corpus(data_dir))
+    except FileNotFoundError as e:
+        _die(f"--data {data_dir}: the {env} corpus is incomplete: {e}")
     if not texts:
         _die(f"--data {data_dir}: the {env} corpus is empty (was the environment generated there?)")
     spec = TinyModelSpec(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers, num_heads=heads,
