@@ -11,9 +11,11 @@ Signals (``signal`` names as they appear in metrics ``alert/<signal>`` and in re
   alert when ``gap − gap₀ > train_valid_gap``, where ``gap₀`` is the base policy's gap (first train steps vs the
   step-0 eval). Train and validation sets can differ in difficulty, so the alert is on *divergence*, not on a
   gap that was there before any update.
-* ``holdout_gap/<name>`` (evals) — ``(R − R₀) − (H − H₀)``: how much more the reward rose than holdout grader
-  ``name`` did since the baseline eval (R = valid reward mean, H = the holdout's mean score). Alert when
-  > ``holdout_gap``: the reward grader is being satisfied in a way the holdout does not credit.
+* ``holdout_gap/<name>`` (evals) — ``min(R − R₀, 1 − H₀) − (H − H₀)``: how much less holdout grader ``name``
+  rose than the reward did since the baseline eval (R = valid reward mean, H = the holdout's mean score, scores
+  in [0, 1]); the expected rise is capped by the holdout's headroom, so a holdout already at its ceiling (a
+  safety check passing everywhere) is not "disagreeing". Alert when > ``holdout_gap``: the reward grader is being
+  satisfied in a way the holdout does not credit.
 * ``holdout_rank_correlation/<name>`` (train steps and evals) — Spearman's ρ between the reward and the holdout
   score over the split's trajectories (ranks with ties averaged; undefined, so silent, when either side is
   constant or fewer than ``min_trajectories``). Alert when ρ < ``holdout_rank_correlation``; when ρ was already
@@ -181,7 +183,7 @@ class Monitor:
                 h0 = self.base_valid["holdouts"].get(name)
                 if h0 is None:
                     continue
-                excess = d_reward - (h - h0)
+                excess = min(d_reward, 1.0 - h0) - (h - h0)
                 metrics[f"monitor/holdout_gap/{name}"] = excess
                 if excess > self.t["holdout_gap"]:
                     alerts.append(Alert(f"holdout_gap/{name}", step, split, excess, self.t["holdout_gap"],

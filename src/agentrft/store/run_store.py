@@ -40,6 +40,7 @@ from agentrft.store.schema import (
     CheckpointRow,
     GradeRow,
     Meta,
+    RegistryEntry,
     Run,
     Step,
     ToolCallRow,
@@ -443,6 +444,55 @@ class RunStore:
         with self._read() as s:
             return [{"id": a.id, "trace_id": a.trace_id, "verdict": a.verdict, "reviewer": a.reviewer,
                      "note": a.note, "created_at": _iso(a.created_at)} for a in s.scalars(q)]
+
+    def audits_for_run(self, run_id: str, *, step: int | None = None, split: str | None = None) -> list[dict]:
+        """Verdicts on the trajectories of one run (optionally one step/split), each with the trajectory's ``step``,
+        ``split``, ``row_index`` and ``checkpoint_id``; oldest first."""
+        q = select(Audit, TrajectoryRow.step, TrajectoryRow.split, TrajectoryRow.row_index,
+                   TrajectoryRow.checkpoint_id).join(TrajectoryRow, TrajectoryRow.trace_id == Audit.trace_id)
+        q = q.where(TrajectoryRow.run_id == run_id)
+        if step is not None:
+            q = q.where(TrajectoryRow.step == step)
+        if split is not None:
+            q = q.where(TrajectoryRow.split == split)
+        with self._read() as s:
+            return [{"id": a.id, "trace_id": a.trace_id, "verdict": a.verdict, "reviewer": a.reviewer, "note": a.note,
+                     "created_at": _iso(a.created_at), "step": st, "split": sp, "row_index": ri, "checkpoint_id": ck}
+                    for a, st, sp, ri, ck in s.execute(q.order_by(Audit.id))]
+
+    # ---- model registry (promotion) ------------------------------------------------------------------------
+    def add_registry_entry(self, run_id: str, checkpoint_id: str, *, status: str, evidence: dict,
+                           grader_versions: dict) -> int:
+        """Record a promotion decision (``status`` "promoted", "refused", …) with its evidence; returns its id."""
+        with self._write() as s:
+            e = RegistryEntry(run_id=run_id, checkpoint_id=checkpoint_id, status=status, evidence=evidence or {},
+                              grader_versions=grader_versions or {}, created_at=utcnow())
+            s.add(e)
+            s.flush()
+            return int(e.id)
+
+    def update_registry_entry(self, entry_id: int, *, status: str | None = None, evidence: dict | None = None,
+                              grader_versions: dict | None = None) -> None:
+        with self._write() as s:
+            e = s.get(RegistryEntry, int(entry_id))
+            if e is None:
+                raise StoreError(f"no registry entry {entry_id}")
+            if status is not None:
+                e.status = status
+            if evidence is not None:
+                e.evidence = evidence
+            if grader_versions is not None:
+                e.grader_versions = grader_versions
+
+    def registry(self, status: str | list[str] | None = None) -> list[dict]:
+        """Registry entries, newest first; ``status`` filters (one or several)."""
+        q = select(RegistryEntry)
+        if status is not None:
+            q = q.where(RegistryEntry.status.in_([status] if isinstance(status, str) else list(status)))
+        with self._read() as s:
+            return [{"id": e.id, "run_id": e.run_id, "checkpoint_id": e.checkpoint_id, "status": e.status,
+                     "evidence": e.evidence, "grader_versions": e.grader_versions, "created_at": _iso(e.created_at)}
+                    for e in s.scalars(q.order_by(RegistryEntry.id.desc()))]
 
     # ---- diagnostics ---------------------------------------------------------------------------------------
     def pragma(self, name: str) -> Any:
