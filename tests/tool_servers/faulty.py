@@ -17,6 +17,7 @@
 ``/resetfirst/<n>``    resets the first n attempts of each call_id, then answers
 ``/http4xx/<code>``    that 4xx status with a function_call_output body explaining the problem
 ``/text4xx``           HTTP 404 with a plain-text body
+``/gzip``              a correct answer, gzip-compressed (Content-Encoding: gzip)
 =====================  ====================================================================================
 
 Every request is recorded in ``server.log`` as ``(path, call_id, outcome)``; ``server.attempts[call_id]``
@@ -134,6 +135,18 @@ class FaultyHandler(BaseHTTPRequestHandler):
             msg = f"order {json.loads(p['arguments']).get('order_id')} not found"
             self._send(code, json.dumps({"type": "function_call_output", "call_id": call_id, "output": msg}).encode())
             return str(code)
+        if mode == "gzip":
+            import gzip
+
+            body = json.dumps({"type": "function_call_output", "call_id": call_id, "output": "packed " * 1000}).encode()
+            packed = gzip.compress(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(packed)))
+            self.end_headers()
+            self.wfile.write(packed)
+            return "gzip"
         if mode == "text4xx":
             self._send(404, b"no such thing", "text/plain")
             return "404"

@@ -437,7 +437,7 @@ class HttpToolBackend(ToolBackend):
                 chunks: list[bytes] = []
                 n = 0
                 cut = False
-                for chunk in r.iter_raw():
+                for chunk in r.iter_bytes():  # decoded (a server may gzip its answer)
                     chunks.append(chunk)
                     n += len(chunk)
                     if n > self.read_limit_bytes:
