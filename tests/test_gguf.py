@@ -311,9 +311,6 @@ def test_cli_import_gguf(tiny_gguf, tmp_path):
 
 # ---- the real model (slow) ---------------------------------------------------------------------------------
 
-GEMMA_CACHE = Path(os.environ.get("AGENTRFT_GEMMA_DIR", Path.home() / ".cache" / "agentrft" / "gemma3-270m-fp32"))
-
-
 @pytest.mark.slow
 def test_gemma3_270m_import_sft_emits_tool_call(tmp_path):
     """Gemma 3 270M (Q4_K_M GGUF from PyPI) → float32 directory with the Gemma tool template → a short LoRA SFT
@@ -334,9 +331,9 @@ def test_gemma3_270m_import_sft_emits_tool_call(tmp_path):
 
     import lookup_task
 
-    files = lookup_task.write_task(tmp_path / "lookup", seed=0)
-    sft = run_sft(str(res.out_dir), files["demos"], tmp_path / "sft", epochs=1, batch_size=4, micro_batch_size=2,
-                  learning_rate=1e-3, lora=LoraConfig(r=8, alpha=16))
+    files = lookup_task.write_task(tmp_path / "lookup", seed=0, n_train=4, n_valid=4, n_demos=16)
+    sft = run_sft(str(res.out_dir), files["demos"], tmp_path / "sft", epochs=2, batch_size=4, micro_batch_size=2,
+                  learning_rate=1.5e-3, lora=LoraConfig(r=16, alpha=32))
     assert sft.last_loss < sft.first_loss
     model, tok = load_model_and_tokenizer(str(tmp_path / "sft"))
     r = ChatRenderer(tok)
