@@ -322,6 +322,17 @@ def test_rate_limit_token_bucket(faulty):
     assert took >= 0.95
 
 
+def test_retries_take_rate_tokens_too(faulty):
+    url, srv = faulty
+    b = backend(url, "/fail/3", entry={"rate_limit": 5}, backoff_s=0.001)
+    t0 = time.monotonic()
+    rs = [b.call("t", {}, ctx(), 5) for _ in range(3)]
+    took = time.monotonic() - t0
+    assert [r.retries for r in rs] == [3, 3, 3] and all(r.status == "ok" for r in rs)
+    assert took >= (12 - 5) / 5 - 0.05  # 12 requests: a burst of 5, then 7 at 5/s
+    assert sum(r.meta["queue_wait_s"] for r in rs) >= 0.8  # most of it spent waiting for tokens
+
+
 def test_token_bucket_math():
     now = [0.0]
     tb = TokenBucket(rate=2, burst=3, clock=lambda: now[0])

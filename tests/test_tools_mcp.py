@@ -19,7 +19,7 @@ from agentrft.tools.registry import ToolContext
 from agentrft.types import new_call_id, new_trace_id
 
 SERVER = str(Path(__file__).parent / "tool_servers" / "mcp_server.py")
-NAMES = ["echo", "add_note", "add", "fail", "slow", "big", "die"]
+NAMES = ["echo", "add_note", "add", "fail", "slow", "big", "auth_header", "die"]
 
 
 def ctx(trace: str | None = None, item: dict | None = None) -> ToolContext:
@@ -154,6 +154,7 @@ def test_streamable_http(http_url, monkeypatch):
     try:
         assert b.names() == NAMES
         assert "secret-mcp" not in repr(b)
+        assert b.call("auth_header", {}, ctx(), 10).output == "Bearer secret-mcp"  # resolved and sent
         c = ctx()
         assert b.call("echo", {"text": "over http"}, c, 10).output == (
             f"over http | trace={c.trace_id} | call={c.call_id} | item=None")

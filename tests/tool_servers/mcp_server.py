@@ -74,6 +74,13 @@ def big(n: int) -> str:
 
 
 @app.tool()
+def auth_header(ctx: Context) -> str:
+    """The Authorization header this call came with (HTTP transport only)."""
+    h = ctx.headers or {}
+    return str(h.get("authorization"))
+
+
+@app.tool()
 def die() -> str:
     """Kill the server process (simulates a crash)."""
     os._exit(3)

@@ -41,8 +41,8 @@ secret is picked up), never stored: :meth:`HttpToolBackend.describe` and ``repr`
 literal values as ``<redacted>``; nothing here logs headers.
 
 Concurrency: ``call`` is thread-safe (one shared :class:`httpx.Client` with a connection pool). Per tool, a
-semaphore caps in-flight calls at ``max_concurrency`` and a token bucket caps the start rate at ``rate_limit``
-calls/s; the time spent waiting for either is ``meta.queue_wait_s`` and is not part of the timeout.
+semaphore caps in-flight calls at ``max_concurrency`` and a token bucket caps requests (retries included) at
+``rate_limit``/s; the time spent waiting for either is ``meta.queue_wait_s`` and is not part of the timeout.
 """
 
 from __future__ import annotations
@@ -374,16 +374,14 @@ class HttpToolBackend(ToolBackend):
             return ToolResult(f"Error: {msg}", status="server_error", error=msg, drop=True, meta=meta)
         headers.setdefault("Content-Type", "application/json")
 
-        # Admission: concurrency slot, then a rate token. Waiting here is queueing, not part of the timeout.
+        # Admission: a concurrency slot for the whole call; a rate token for every attempt (retries are requests
+        # too). Waiting for either is queueing (meta.queue_wait_s), not part of the timeout.
         t_q = time.monotonic()
         sem = self._sems.get(name)
         if sem is not None:
             sem.acquire()
+        meta["queue_wait_s"] = time.monotonic() - t_q
         try:
-            bucket = self._buckets.get(name)
-            if bucket is not None:
-                bucket.acquire()
-            meta["queue_wait_s"] = round(time.monotonic() - t_q, 6)
             return self._exchange(spec, body, headers, call_id, timeout, meta)
         finally:
             if sem is not None:
@@ -397,6 +395,11 @@ class HttpToolBackend(ToolBackend):
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
+            bucket = self._buckets.get(spec.name)
+            if bucket is not None:
+                t_q = time.monotonic()
+                bucket.acquire()
+                meta["queue_wait_s"] += time.monotonic() - t_q
             self._count(attempts=1, retries=1 if attempt else 0)
             try:
                 status, raw, cut = self._post_once(spec.server_url, body, headers, timeout)
