@@ -30,11 +30,17 @@ class TinyModelSpec:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     """Byte-level BPE on ``texts`` (no unknown tokens: any byte sequence encodes), wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Words, runs of punctuation and runs of whitespace are separate pre-tokens, so a word is the same token
+    # wherever it appears ("K7" in a question, in JSON arguments, in a tool result). A tiny model then copies
+    # by identity — an induction head — instead of learning a map between " K7" and "K7" per word.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s+|[A-Za-z0-9_]+|[^A-Za-z0-9_\s]+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<pad>", *CHATML_SPECIAL]
     trainer = trainers.BpeTrainer(
