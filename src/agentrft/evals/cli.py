@@ -187,7 +187,7 @@ def audit_export(
         st = open_store(config, store)
         paths = export_audit(st, _run_id(st, run), out, n=n, steps=list(step) or None, seed=seed)
     for s, p in paths.items():
-        console.print(f"step {s}: {p['html']}  {p['jsonl']}")
+        typer.echo(f"step {s}: {p['html']}  {p['jsonl']}")
 
 
 @audit_app.command("record")
