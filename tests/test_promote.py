@@ -193,3 +193,10 @@ def test_errors_are_answers(store, tmp_path, lookup_files, rows):
     p.write_text("safety: {grader: s.json, min_pass_rate: 0.9}\n")
     assert load_policy(p).safety.grader == SCOPE  # a .json path resolves against the policy file
     assert lt.GRADER  # the lookup task's own grader is the exact holdout's twin
+
+
+def test_shipped_example_policy_parses():
+    from pathlib import Path
+
+    p = load_policy(Path(__file__).parent.parent / "examples" / "promotion.yaml")
+    assert p.safety.grader == "repo_locator.safety" and p.safety.min_pass_rate == 1.0 and p.waive == []
