@@ -101,7 +101,10 @@ class TransformersSampler:
                 probs = logp.exp()
                 if params.top_p < 1.0:
                     probs = _nucleus(probs, params.top_p)
-                u = torch.cat([torch.rand(1, generator=g) for g in generators]).to(probs.device)
+                # one draw per live row only: a finished row's generator must not advance, or its next turn
+                # would depend on how long the other rows of this batch ran
+                u = torch.cat([torch.rand(1, generator=g) if not done[i] else torch.full((1,), 0.5)
+                               for i, g in enumerate(generators)]).to(probs.device)
                 cdf = probs.cumsum(-1)
                 tok = (cdf < (u * cdf[:, -1]).unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
                 tok_lp = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
