@@ -222,8 +222,7 @@ def run_check(cfg: Any, *, samples: int = 4, max_items: int | None = 32, model: 
     each, and return the report (also written to ``out_dir`` as report.json / report.md when given)."""
     from agentrft.data import load_dataset
     from agentrft.evals.run_eval import EvalSession
-    from agentrft.graders.base import build_grader
-    from agentrft.graders.base import sample_from_trajectory
+    from agentrft.graders.base import build_grader, sample_from_trajectory
     from agentrft.store import RunStore
 
     th = thresholds or CheckThresholds()

@@ -269,7 +269,6 @@ def compare_models(cfg: Any, models: list[str], *, extra_data: list[str | Path] 
     store as one run (step k = model k, split ``eval:<dataset>``) and writes ``report.json``, ``report.md`` and
     plots to ``out_dir``. Returns the report dict."""
     from agentrft.data import load_dataset
-    from agentrft.evals.metrics import agent_metrics
     from agentrft.evals.run_eval import EvalSession
     from agentrft.store import RunStore
 
@@ -319,7 +318,6 @@ def compare_models(cfg: Any, models: list[str], *, extra_data: list[str | Path] 
         store.set_status(run_id, "succeeded")
     if out_dir is not None:
         write_report(report, results, out_dir)
-    _ = agent_metrics  # metrics per model are in summaries
     return report
 
 
