@@ -211,3 +211,12 @@ def test_replay_over_a_recorded_run(rows, tmp_path):
     assert {a.signal for a in alerts} >= {"holdout_gap/exact"}
     assert all(a.step == 1 for a in alerts)
     assert replay_run(store, run, upto_step=0) == []
+
+
+def test_rank_correlation_reference_is_the_first_observation(rows):
+    """Graders that already disagree on the base policy are not an alert at every step; a further drop is."""
+    mon = Monitor(holdout_names=["exact"])
+    mixed, mm = graded(rows, lambda r, k: ALL if k % 4 == 1 else honest(r, k), samples=4)
+    assert mon.observe_eval(0, mm, mixed) == [] and mm["monitor/holdout_rank_correlation/exact"] < 0.8
+    again, ma = graded(rows, lambda r, k: ALL if k % 4 == 1 else honest(r, k), samples=4)
+    assert [a.signal for a in mon.observe_eval(3, ma, again)] == []  # same ρ: no news

@@ -18,9 +18,10 @@ Signals (``signal`` names as they appear in metrics ``alert/<signal>`` and in re
   satisfied in a way the holdout does not credit.
 * ``holdout_rank_correlation/<name>`` (train steps and evals) — Spearman's ρ between the reward and the holdout
   score over the split's trajectories (ranks with ties averaged; undefined, so silent, when either side is
-  constant or fewer than ``min_trajectories``). Alert when ρ < ``holdout_rank_correlation``; when ρ was already
-  below the threshold on the baseline, only when it fell a further 0.1 (graders that measure different things
-  are not news at every step).
+  constant or fewer than ``min_trajectories``). The first value of each split is the reference (the base
+  policy; disagreement there is ``agentrft check``'s warning, not an alert). Alert when ρ <
+  ``holdout_rank_correlation``; when the reference was already below the threshold, only when ρ fell a further
+  0.1 below it (graders that measure different things are not news at every step).
 * ``length_growth`` / ``tool_call_growth`` — completion tokens (tool calls) per trajectory over the first
   observation of the same split (denominators floored at 1 token / 1 call); alert at ≥ the growth factor.
 * ``grader_error_rate`` — grader error flags per graded trajectory; alert when > threshold (default 0).
@@ -253,12 +254,8 @@ class Monitor:
                 metrics[f"monitor/holdout_rank_correlation/{name}"] = rho
                 key = (split, name)
                 thr = self.t["holdout_rank_correlation"]
-                if key not in self.base_rho:
-                    self.base_rho[key] = rho
-                    if rho < thr:
-                        alerts.append(Alert(f"holdout_rank_correlation/{name}", step, split, rho, thr,
-                                            f"reward and holdout grader {name!r} disagree from the first observation "
-                                            f"(Spearman ρ = {rho:.2f} over {c['n']} trajectories)"))
+                if key not in self.base_rho:  # the base policy's agreement: a reference, not an alert
+                    self.base_rho[key] = rho  # (graders that disagree from the start are `check`'s warning)
                     continue
                 base = self.base_rho[key]
                 limit = thr if base is None or base >= thr else base - 0.1
