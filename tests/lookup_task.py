@@ -45,6 +45,22 @@ GRADER = {
 }
 
 
+# Shaped reward for the learning test: answering in the format with the fewest calls is learnable by RL from a
+# warmed-up tiny model; correctness (copying the colour) is the rest of the reward.
+GRADER_SHAPED = {
+    "type": "multi",
+    "name": "lookup_shaped",
+    "graders": {
+        "correct": GRADER,
+        "format": {"type": "string_check", "name": "format", "input": "{{ sample.output_text }}",
+                   "reference": "ANSWER: ", "operation": "like"},
+        "efficiency": {"type": "tool_efficiency", "name": "efficiency", "target_calls": "{{ item.min_tool_calls }}",
+                       "budget": 4},
+    },
+    "calculate_output": "0.4 * format * efficiency + 0.2 * format + 0.4 * correct",
+}
+
+
 def make_row(rng: random.Random, two_keys: bool) -> dict:
     keys = rng.sample([f"K{i}" for i in range(10)], 2 if two_keys else 1)
     table = {k: rng.choice(COLORS) for k in keys}
@@ -56,6 +72,7 @@ def make_row(rng: random.Random, two_keys: bool) -> dict:
         "table": table,
         "keys": keys,
         "answer": answer,
+        "min_tool_calls": len(keys),
     }
 
 

@@ -233,6 +233,7 @@ class Trainer:
         ]
         t0 = time.perf_counter()
         prog.start_rollouts(len(tasks), "rollouts")
+        self.loop.checkpoint_id = f"{self.run_id}:policy-{step - 1}"  # the weights that sampled this step
         trajs = self.loop.run(tasks, self.train_params, on_done=prog.rollout_done)
         t_sample = time.perf_counter() - t0
         t0 = time.perf_counter()
