@@ -102,3 +102,27 @@ def test_dataset_problems_grader_noise_and_disagreement(lookup_files, tmp_path):
 def test_bad_arguments_are_clear(tmp_path, tiny_model, small_files):
     with pytest.raises(ValueError, match="samples must be ≥ 2"):
         run_check(_cfg(tmp_path, tiny_model, small_files, EXACT), samples=1)
+
+
+def test_check_command_exit_codes(tmp_path, tiny_model, small_files):
+    """`agentrft check CONFIG` (mounted with register): no-go exits 1 with the reason; a bad config exits 2."""
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from agentrft.evals.cli import register
+
+    top = typer.Typer()
+    register(top)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump({
+        "model": str(tiny_model), "training_file": str(small_files["train"]),
+        "validation_file": str(small_files["valid"]), "tools": ["lookup_task:lookup"], "grader": EXACT,
+        "output_dir": str(tmp_path / "runs"), "hyperparameters": {"max_new_tokens": 8, "max_turns": 2}}))
+    r = CliRunner().invoke(top, ["check", str(conf), "--samples", "2", "--max-items", "3", "--no-progress",
+                                 "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 1, r.output
+    assert "no_baseline" in r.output and (tmp_path / "rep" / "report.md").exists()
+    conf.write_text(yaml.safe_dump({"model": "m", "training_file": "t.jsonl"}))
+    r = CliRunner().invoke(top, ["check", str(conf)])
+    assert r.exit_code == 2 and "grader" in r.output and "Traceback" not in r.output
