@@ -236,6 +236,9 @@ def test_two_megabyte_output_truncated_to_the_cap(faulty):
     assert b.stats["truncated"] == 1
     r = backend(url, "/huge/999000").call("t", {}, ctx(), 10)
     assert r.status == "ok" and "truncated" not in r.meta and len(r.output) == 999000
+    # a per-tool lower cap for what the model sees
+    r = backend(url, "/huge/2000000", entry={"max_output_bytes": 4000}).call("t", {}, ctx(), 10)
+    assert r.status == "ok" and len(r.output) == 4000 and r.meta["truncated_bytes"] == 1_996_000
     # over the read limit: not parsed, discarded, flagged
     r = backend(url, "/huge/2000000", read_limit_bytes=500_000).call("t", {}, ctx(), 10)
     assert r.status == "error" and r.meta["truncated"] is True and "discarded" in r.output

@@ -18,6 +18,10 @@
 ``/http4xx/<code>``    that 4xx status with a function_call_output body explaining the problem
 ``/text4xx``           HTTP 404 with a plain-text body
 ``/gzip``              a correct answer, gzip-compressed (Content-Encoding: gzip)
+``/mix/<seed>``        every fault at once, by call: ``mix_plan(seed, call_id)`` picks slow (past the client's
+                       timeout), garbage, huge (2 MB), reset (every attempt), reset_once, or normal; normal
+                       attempts fail with 500 at 30% (``flaky_fails``) and otherwise answer with
+                       ``server.upstream(payload)`` — e.g. the real tool
 =====================  ====================================================================================
 
 Every request is recorded in ``server.log`` as ``(path, call_id, outcome)``; ``server.attempts[call_id]``
@@ -40,6 +44,18 @@ from typing import Any
 def flaky_fails(seed: int, call_id: str, k: int, p: float) -> bool:
     """Whether /flaky fails the k-th attempt (0-based) of ``call_id``."""
     return random.Random(f"{seed}:{call_id}:{k}").random() < p
+
+
+MIX_KINDS = (("slow", 0.1), ("garbage", 0.2), ("huge", 0.3), ("reset", 0.4), ("reset_once", 0.5))
+
+
+def mix_plan(seed: int, call_id: str) -> str:
+    """The fault /mix/<seed> applies to one call: slow | garbage | huge | reset | reset_once | normal."""
+    r = random.Random(f"mix:{seed}:{call_id}").random()
+    for kind, upper in MIX_KINDS:
+        if r < upper:
+            return kind
+    return "normal"
 
 
 class FaultyHandler(BaseHTTPRequestHandler):
@@ -73,6 +89,27 @@ class FaultyHandler(BaseHTTPRequestHandler):
         return "ok"
 
     def _act(self, mode: str, args: list[str], p: dict, call_id: str, k: int) -> str:
+        if mode == "mix":
+            seed = int(args[0])
+            kind = mix_plan(seed, call_id)
+            if kind == "slow":
+                return self._act("slow", [str(self.server.slow_s)], p, call_id, k)  # type: ignore[attr-defined]
+            if kind in ("garbage", "reset"):
+                return self._act(kind, [], p, call_id, k)
+            if kind == "huge":
+                return self._act("huge", ["2000000"], p, call_id, k)
+            if kind == "reset_once" and k == 0:
+                return self._act("reset", [], p, call_id, k)
+            if flaky_fails(seed, call_id, k, 0.3):
+                self._send(500, b"internal error (injected)")
+                return "500"
+            try:
+                out = self.server.upstream(p)  # type: ignore[attr-defined]
+            except Exception as e:  # the tool rejected its arguments: a 4xx the model sees
+                msg = f"Error: {type(e).__name__}: {e}"
+                self._send(422, json.dumps({"type": "function_call_output", "call_id": call_id, "output": msg}).encode())
+                return "422"
+            return self._ok(p, out)
         if mode == "ok":
             return self._ok(p)
         if mode == "flaky":

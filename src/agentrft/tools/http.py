@@ -6,7 +6,8 @@ Configured from the Agent RFT job shape::
              "headers": {"Authorization": "Bearer ${TOOLS_TOKEN}"},
              # optional, agentrft additions:
              "description": "...", "parameters": {...json schema...},
-             "timeout_s": 30, "max_concurrency": 8, "rate_limit": 50, "requires_approval": false}]
+             "timeout_s": 30, "max_concurrency": 8, "rate_limit": 50, "requires_approval": false,
+             "max_output_bytes": 1000000}]
 
 For every call the backend POSTs exactly::
 
@@ -75,6 +76,7 @@ _KNOWN_KEYS = {
     "max_concurrency",
     "rate_limit",
     "requires_approval",
+    "max_output_bytes",
     "type",
 }
 
@@ -131,6 +133,7 @@ class HttpToolSpec:
     max_concurrency: int | None = None
     rate_limit: float | None = None
     requires_approval: bool = False
+    max_output_bytes: int | None = None  # a lower cap than max_bytes for what the model sees (small contexts)
 
     @classmethod
     def from_config(cls, entry: Any, where: str = "tools[0]") -> "HttpToolSpec":
@@ -169,10 +172,11 @@ class HttpToolSpec:
         timeout = num("timeout_s", float, 0.001)
         conc = num("max_concurrency", int, 1)
         rate = num("rate_limit", float, 0.001)
+        max_out = num("max_output_bytes", int, 1)
         appr = entry.get("requires_approval", False)
         if not isinstance(appr, bool):
             raise ConfigError(f"{where}.requires_approval: expected true or false")
-        return cls(name, url, dict(headers), desc, dict(params) if params else None, timeout, conc, rate, appr)
+        return cls(name, url, dict(headers), desc, dict(params) if params else None, timeout, conc, rate, appr, max_out)
 
 
 def _flat_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,7 +280,7 @@ class HttpToolBackend(ToolBackend):
                 "server_url": s.server_url,
                 "headers": {k: _redact(v) for k, v in s.headers.items()},
             }
-            for key in ("timeout_s", "max_concurrency", "rate_limit"):
+            for key in ("timeout_s", "max_concurrency", "rate_limit", "max_output_bytes"):
                 if getattr(s, key) is not None:
                     d[key] = getattr(s, key)
             if s.requires_approval:
@@ -415,7 +419,7 @@ class HttpToolBackend(ToolBackend):
                 attempt_errors.append(f"HTTP {status}: {_snippet(raw)}")
                 continue
             meta.update(attempts=attempt + 1, http_status=status, bytes_received=len(raw), attempt_errors=attempt_errors)
-            return self._interpret(status, raw, cut, call_id, attempt, meta)
+            return self._interpret(status, raw, cut, call_id, attempt, meta, spec.max_output_bytes)
         self._count(drops=1)
         reason = f"{len(attempt_errors)} attempts failed; last: {attempt_errors[-1]}"
         meta.update(attempts=len(attempt_errors), attempt_errors=attempt_errors)
@@ -455,7 +459,9 @@ class HttpToolBackend(ToolBackend):
             # connect errors, resets (ReadError / RemoteProtocolError), broken pipes
             raise _Transient(f"{type(e).__name__}: {e or 'connection failed'}") from e
 
-    def _interpret(self, status: int, raw: bytes, cut: bool, call_id: str, retries: int, meta: dict) -> ToolResult:
+    def _interpret(
+        self, status: int, raw: bytes, cut: bool, call_id: str, retries: int, meta: dict, cap: int | None = None
+    ) -> ToolResult:
         if cut:
             self._count(errors=1, truncated=1)
             meta["truncated"] = True
@@ -471,7 +477,7 @@ class HttpToolBackend(ToolBackend):
         if 400 <= status < 500:
             # The contract: a 4xx answer is what the model sees. Unwrap a function_call_output body.
             out = parsed.get("output") if isinstance(parsed, dict) and isinstance(parsed.get("output"), str) else text
-            out = self._cap(out, meta)
+            out = self._cap(out, meta, cap)
             self._count(errors=1)
             return ToolResult(out, status="error", error=f"HTTP {status}", retries=retries, meta=meta)
         if not 200 <= status < 300:
@@ -496,10 +502,10 @@ class HttpToolBackend(ToolBackend):
         if not isinstance(out, str):  # lenient: structured output is shown as JSON, and flagged
             out = json.dumps(out, ensure_ascii=False)
             meta["output_coerced"] = True
-        return ToolResult(self._cap(out, meta), status="ok", retries=retries, meta=meta)
+        return ToolResult(self._cap(out, meta, cap), status="ok", retries=retries, meta=meta)
 
-    def _cap(self, out: str, meta: dict) -> str:
-        cut, dropped = _cut_utf8(out, self.max_bytes)
+    def _cap(self, out: str, meta: dict, cap: int | None = None) -> str:
+        cut, dropped = _cut_utf8(out, min(self.max_bytes, cap or self.max_bytes))
         if dropped:
             self._count(truncated=1)
             meta["truncated"] = True
