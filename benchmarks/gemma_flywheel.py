@@ -193,15 +193,36 @@ def stage_compare(args: argparse.Namespace, st: State, cfg: Any, run_id: str) ->
     if not valid:
         raise SystemExit(f"run {run_id} has no validation evaluations")
     base = next(m for m in valid if m["step"] == 0)
-    later = [m for m in valid if m["step"] > 0] or [base]
-    best = sorted(later, key=lambda m: (-m["reward_mean"], m["step"]))[0]
     a = store.trajectories(run_id, step=0, split="valid")
-    b = store.trajectories(run_id, step=best["step"], split="valid")
+    later = [m for m in valid if m["step"] > 0]
+    steps_trained = max((m["step"] for m in train), default=0)
+    compared = "best eval checkpoint"
+    if later:
+        best = sorted(later, key=lambda m: (-m["reward_mean"], m["step"]))[0]
+        b = store.trajectories(run_id, step=best["step"], split="valid")
+    elif steps_trained and (cfg.output_path / run_id / "latest").exists():
+        # the run stopped before its first eval after training: evaluate its resume checkpoint now, with the same
+        # seeds as the step-0 evaluation (seeds depend only on seed, row, sample), so the pair stays paired
+        from agentrft.evals.run_eval import run_eval
+
+        latest = cfg.output_path / run_id / "latest"
+        step = json.loads((latest / "trainer_state.json").read_text()).get("step", steps_trained)
+        t0, l0 = time.perf_counter(), _load()
+        _log(f"compare: evaluating {latest} (step {step}) on the validation rows")
+        eval_id, metrics = run_eval(cfg, model=str(latest), data=cfg.path(cfg.validation_file), samples=1,
+                                    progress=False)
+        st.stage("eval_latest", wall_s=round(time.perf_counter() - t0, 1), load_before=l0, load_after=_load(),
+                 eval_run_id=eval_id, step=step)
+        best = {**metrics, "step": step}
+        b = store.trajectories(eval_id)
+        compared = "latest checkpoint (evaluated after the run stopped)"
+    else:
+        raise SystemExit(f"run {run_id}: nothing to compare with the baseline (no training step finished)")
     keys = ["reward_mean", "pass_rate", "tool_calls_per_traj", "tool_errors_per_traj", "turns_per_traj",
             "completion_tokens_mean", "latency_s_mean", "repeated_bigram_fraction", "tool_parse_errors"]
     result = {
         "run_id": run_id, "env": args.env, "model": cfg.model,
-        "steps_trained": max((m["step"] for m in train), default=0),
+        "steps_trained": steps_trained, "compared": compared,
         "rollouts_per_step": args.batch_size * args.group_size, "eval_rows": len(a),
         "baseline": {k: base.get(k) for k in keys},
         "best_step": best["step"], "best": {k: best.get(k) for k in keys},
