@@ -97,7 +97,8 @@ class Learner:
                 p.requires_grad_(False)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=weight_decay)
+        # foreach: one fused update over all parameter tensors (many small ones in small models and LoRA)
+        self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=weight_decay, foreach=True)
         self.updates = 0
 
     # ---- log-probs -------------------------------------------------------------------------------
