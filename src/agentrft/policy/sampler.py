@@ -49,6 +49,14 @@ class TransformersSampler:
         self.tokens_generated = 0
         self.forward_passes = 0
 
+    def slot_engine(self, params: SamplingParams, *, slots: int) -> "SlotEngine | None":
+        """A continuous-batching engine over this sampler's model (None for architectures it does not cover;
+        the agent loop then uses ``generate``)."""
+        if not SlotEngine.supports(self.model):
+            return None
+        return SlotEngine(self.model, stop_ids=self.stop_ids, pad_id=self.pad_id, params=params, slots=slots,
+                          owner=self)
+
     @torch.no_grad()
     def generate(
         self,
@@ -143,3 +151,210 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_p = sorted_p.masked_fill(drop, 0.0)
     out = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
     return out / out.sum(-1, keepdim=True)
+
+
+# ---- continuous batching with a persistent per-trajectory KV cache ------------------------------------------------
+class SlotEngine:
+    """Decode many trajectories at once, each in its own *slot* of a preallocated KV cache that it keeps across
+    turns (Qwen2/Llama-family decoders: pre-norm, RoPE, GQA, no sliding window).
+
+    ``feed(slot, ids, gen, limit)`` appends token ids to the slot's sequence (a prompt, or everything since the
+    slot's last turn: the turn's final sampled token plus the rendered tool results) and starts a new assistant
+    turn. ``step()`` runs one forward pass over the slots that need one — the pending tokens of newly fed slots
+    (pre-fill; only those tokens, the prefix is already cached) or the last sampled token of decoding slots — and
+    samples one token per decoding slot; it returns the turns that ended (stop token or the slot's limit).
+    A slot waiting on tools costs nothing; a slot that finished is freed with ``release`` and reused.
+
+    Sampling and the recorded log-probs are exactly ``TransformersSampler.generate``'s: ``log softmax(z/T)[x]``
+    over the untruncated temperature-scaled distribution, ``x = F'^{-1}(u)`` with ``u`` drawn from the row's own
+    generator once per sampled token — so a trajectory's tokens depend only on its seed and its own context.
+    The forward is computed with the model's own modules (so LoRA adapters apply) and the same math as the HF
+    forward (RMSNorm, RoPE from the model's rotary module, softmax(q·kᵀ/√d + causal mask)·v); the learner's
+    teacher-forced log-probs agree to float32 rounding (tests/test_token_exact.py checks ≤ 1e-4).
+    """
+
+    def __init__(self, model: Any, *, stop_ids: set[int], pad_id: int, params: SamplingParams, slots: int,
+                 owner: Any = None):
+        from peft import PeftModel
+
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        self.model, self.base = model, base
+        self.core = base.model
+        cfg = base.config
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.stop_ids = set(stop_ids)
+        self.pad_id = int(pad_id)
+        self.params = params
+        self.S = slots
+        self.cap = 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.cached = [0] * slots          # tokens of the slot's sequence already in the cache
+        self.pending: list[list[int]] = [[] for _ in range(slots)]  # fed, not yet in the cache
+        self.decoding = [False] * slots
+        self.gens: list[torch.Generator | None] = [None] * slots
+        self.limit = [0] * slots
+        self.out_ids: list[list[int]] = [[] for _ in range(slots)]
+        self.out_lp: list[list[float]] = [[] for _ in range(slots)]
+        self.t0 = [0.0] * slots
+        self.owner = owner  # a TransformersSampler whose counters this engine adds to
+
+    @staticmethod
+    def supports(model: Any) -> bool:
+        from peft import PeftModel
+
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        cfg = getattr(base, "config", None)
+        return (getattr(cfg, "model_type", None) in ("qwen2", "llama") and not getattr(cfg, "use_sliding_window", False)
+                and hasattr(base, "model") and hasattr(base.model, "rotary_emb"))
+
+    def _ensure(self, need: int) -> None:
+        if need <= self.cap:
+            return
+        cap = max(256, self.cap)
+        while cap < need:
+            cap *= 2
+        p = next(self.model.parameters())
+        shape = (self.S, cap, self.n_kv, self.head_dim)
+        newk = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(self.n_layers)]
+        newv = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(self.n_layers)]
+        for i in range(len(self.k)):
+            newk[i][:, : self.cap] = self.k[i]
+            newv[i][:, : self.cap] = self.v[i]
+        self.k, self.v, self.cap = newk, newv, cap
+
+    def feed(self, slot: int, ids: list[int], gen: torch.Generator, limit: int) -> None:
+        self.pending[slot] += list(ids)
+        self.decoding[slot] = True
+        self.gens[slot] = gen
+        self.limit[slot] = max(0, min(self.params.max_new_tokens, limit))
+        self.out_ids[slot], self.out_lp[slot] = [], []
+        self.t0[slot] = time.perf_counter()
+
+    def release(self, slot: int) -> None:
+        self.cached[slot], self.pending[slot], self.decoding[slot], self.gens[slot] = 0, [], False, None
+
+    def busy(self) -> bool:
+        return any(self.decoding)
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[int, Generation]]:
+        """One step over the slots with pending tokens (pre-fills together, right-padded; decodes together), then
+        one sampled token for each of them. Returns ``(slot, Generation)`` for every turn that ended."""
+        rows = [s for s in range(self.S) if self.decoding[s] and self.pending[s]]
+        if not rows:
+            return []
+        finished: list[tuple[int, Generation]] = []
+        for s in [s for s in rows if self.limit[s] == 0]:  # no room for even one token
+            self.decoding[s] = False
+            finished.append((s, Generation([], [], "length", 0.0)))
+        rows = [s for s in rows if self.decoding[s]]
+        if not rows:
+            return finished
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            # pre-fill rows (several pending tokens) and decode rows (one) run as separate forwards: padding a
+            # decode row to a pre-fill's length would multiply its work by that length
+            pre = [s for s in rows if len(self.pending[s]) > 1]
+            dec = [s for s in rows if len(self.pending[s]) == 1]
+            rows = pre + dec
+            logits = torch.cat([self._forward(g) for g in (pre, dec) if g])
+        finally:
+            if was_training:
+                self.model.train()
+        if self.owner is not None:
+            self.owner.forward_passes += 1
+        z = logits.float() / self.params.temperature
+        logp = torch.log_softmax(z, dim=-1)
+        probs = logp.exp()
+        if self.params.top_p < 1.0:
+            probs = _nucleus(probs, self.params.top_p)
+        u = torch.cat([torch.rand(1, generator=self.gens[s]) for s in rows])
+        cdf = probs.cumsum(-1)
+        tok = (cdf < (u * cdf[:, -1]).unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
+        tok_lp = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+        for i, (t, lp) in enumerate(zip(tok.tolist(), tok_lp.tolist())):
+            s = rows[i]
+            self.out_ids[s].append(t)
+            self.out_lp[s].append(lp)
+            self.pending[s] = [t]
+            stop = t in self.stop_ids
+            if stop or len(self.out_ids[s]) >= self.limit[s]:
+                self.decoding[s] = False  # the last token stays pending: it is fed with the next turn's context
+                if self.owner is not None:
+                    self.owner.tokens_generated += len(self.out_ids[s])
+                finished.append((s, Generation(self.out_ids[s], self.out_lp[s], "stop" if stop else "length",
+                                               time.perf_counter() - self.t0[s])))
+        return finished
+
+    def _forward(self, rows: list[int]) -> torch.Tensor:
+        """Logits of the last pending token of each row; writes the rows' pending tokens' K/V into their slots."""
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+        B = len(rows)
+        lens = [len(self.pending[s]) for s in rows]
+        T = max(lens)
+        start = [self.cached[s] for s in rows]
+        self._ensure(max(a + n for a, n in zip(start, lens)))
+        dev = self.k[0].device
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        for i, s in enumerate(rows):
+            ids[i, : lens[i]] = torch.tensor(self.pending[s], dtype=torch.long)
+        ids = ids.to(dev)
+        st = torch.tensor(start, dtype=torch.long, device=dev)
+        pos = st.unsqueeze(1) + torch.arange(T, device=dev).unsqueeze(0)  # [B, T] absolute positions
+        Lk = max(a + n for a, n in zip(start, lens))
+        key_pos = torch.arange(Lk, device=dev)
+        # query (b, t) sees keys at positions ≤ its own position: its cached prefix and its pending tokens up to t
+        allow = key_pos.view(1, 1, Lk) <= pos.unsqueeze(-1)  # [B, T, Lk]
+        # additive mask built once per step (a boolean mask would be converted in every layer)
+        mask = torch.zeros((B, 1, T, Lk), dtype=self.k[0].dtype, device=dev).masked_fill_(~allow.unsqueeze(1),
+                                                                                          float("-inf"))
+        G = self.n_heads // self.n_kv
+        slot_idx = torch.tensor(rows, dtype=torch.long, device=dev)
+        all_rows = B == self.S and rows == list(range(self.S))
+        h = self.core.embed_tokens(ids)
+        cos, sin = self.core.rotary_emb(h, pos)
+        scale = self.head_dim**-0.5
+        valid = [(i, start[i], lens[i]) for i in range(B)]
+        for li, layer in enumerate(self.core.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            K, V = self.k[li], self.v[li]
+            kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # [B, T, Hkv, D]
+            if T == 1:
+                K[slot_idx, st] = kt[:, 0]
+                V[slot_idx, st] = vt[:, 0]
+            else:
+                for i, a, n in valid:
+                    K[rows[i], a : a + n] = kt[i, :n]
+                    V[rows[i], a : a + n] = vt[i, :n]
+            if all_rows:
+                Ks, Vs = K[:, :Lk], V[:, :Lk]
+            else:
+                Ks, Vs = K[:, :Lk].index_select(0, slot_idx), V[:, :Lk].index_select(0, slot_idx)
+            # softmax(q·kᵀ/√d + mask)·v, query heads grouped over their shared KV head: [B, Hkv, G·T, D]
+            qg = q.reshape(B, self.n_kv, G * T, self.head_dim)
+            att = torch.matmul(qg, Ks.permute(0, 2, 3, 1)) * scale  # [B, Hkv, G·T, Lk]
+            att = att.view(B, self.n_kv, G, T, Lk) + mask.unsqueeze(1)
+            att = torch.softmax(att, dim=-1).view(B, self.n_kv, G * T, Lk)
+            o = torch.matmul(att, Vs.transpose(1, 2)).view(B, self.n_heads, T, self.head_dim)
+            o = o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+            h = h + attn.o_proj(o)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        last = torch.tensor([n - 1 for n in lens], dtype=torch.long, device=dev)
+        h_last = h[torch.arange(B, device=dev), last]
+        h_last = self.core.norm(h_last)
+        logits = self.base.lm_head(h_last)
+        for i, s in enumerate(rows):
+            self.cached[s] = start[i] + lens[i]
+            self.pending[s] = []
+        return logits

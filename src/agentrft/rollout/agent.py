@@ -76,6 +76,7 @@ class AgentLoop:
         limits: RolloutLimits,
         max_batch: int = 64,
         checkpoint_id: str | None = None,
+        continuous: bool = True,
     ):
         self.sampler = sampler
         self.renderer = renderer
@@ -83,6 +84,7 @@ class AgentLoop:
         self.limits = limits
         self.max_batch = max_batch
         self.checkpoint_id = checkpoint_id
+        self.continuous = continuous
 
     # ---- public ----------------------------------------------------------------------------------
     def run(
@@ -93,6 +95,10 @@ class AgentLoop:
     ) -> list[Trajectory]:
         """Roll out every task; returns trajectories in the order of ``tasks``."""
         states = [self._start(t) for t in tasks]
+        if self.continuous and hasattr(self.sampler, "slot_engine"):
+            engine = self.sampler.slot_engine(params, slots=min(self.max_batch, max(1, len(states))))
+            if engine is not None:
+                return self._run_continuous(states, engine, on_done)
         ready: deque[_State] = deque()
         waiting: list[_State] = []
         finished = 0
@@ -128,6 +134,72 @@ class AgentLoop:
                 else:
                     still.append(s)
             waiting = still
+        return [s.traj for s in states]
+
+    def _run_continuous(self, states: list[_State], engine: Any, on_done: Callable[[Trajectory], None] | None
+                        ) -> list[Trajectory]:
+        """Continuous batching: every trajectory holds a KV-cache slot for its whole life (its prefix is never
+        re-encoded); the engine decodes one token for every generating slot per step, a slot whose turn ended
+        waits on its tools while the others keep decoding, and rejoins the very next step once its tool results
+        are rendered and fed; a finished trajectory frees its slot for the next task. Trajectories' ids, masks
+        and log-probs are built by the same ``_after_generate``/``_after_tools`` as the batched path."""
+        queue: deque[_State] = deque()
+        for s in states:
+            if s.traj.outcome == "context_limit":
+                self._finish(s, "context_limit", on_done)
+            else:
+                queue.append(s)
+        free = list(range(engine.S))[::-1]
+        slot_of: dict[int, _State] = {}
+        waiting: list[tuple[int, _State]] = []
+        fed: dict[int, int] = {}  # slot → length of the trajectory's ids already handed to the engine
+
+        def feed(slot: int, s: _State) -> None:
+            ids = s.traj.token_ids
+            # the last sampled token of the previous turn is still pending inside the engine
+            start = fed.get(slot, 0)
+            engine.feed(slot, ids[start:], s.gen, self.limits.max_context_tokens - len(ids))
+            fed[slot] = len(ids)
+
+        def admit() -> None:
+            while free and queue:
+                slot, s = free.pop(), queue.popleft()
+                engine.release(slot)
+                fed[slot] = 0
+                slot_of[slot] = s
+                feed(slot, s)
+
+        def end(slot: int, s: _State, outcome: str) -> None:
+            self._finish(s, outcome, on_done)
+            engine.release(slot)
+            del slot_of[slot]
+            free.append(slot)
+
+        admit()
+        while slot_of:
+            if engine.busy():
+                for slot, g in engine.step():
+                    s = slot_of[slot]
+                    fed[slot] += len(g.ids)  # (the engine holds the turn's last token as pending input)
+                    outcome = self._after_generate(s, g)
+                    if outcome:
+                        end(slot, s, outcome)
+                    else:
+                        waiting.append((slot, s))
+            elif waiting:
+                cf.wait([f for _, s in waiting for f in s.pending], return_when=cf.FIRST_COMPLETED)
+            still = []
+            for slot, s in waiting:
+                if all(f.done() for f in s.pending):
+                    outcome = self._after_tools(s)
+                    if outcome:
+                        end(slot, s, outcome)
+                    else:
+                        feed(slot, s)
+                else:
+                    still.append((slot, s))
+            waiting = still
+            admit()
         return [s.traj for s in states]
 
     # ---- steps -----------------------------------------------------------------------------------
