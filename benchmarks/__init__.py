@@ -1,0 +1,1 @@
+"""agentrft's benchmark harness (``python -m benchmarks``); see benchmarks/harness.py."""
