@@ -191,3 +191,24 @@ def test_sft_renders_demos_exactly_as_rollouts_build_them(tokenizer, lookup_file
         if m["role"] in ("user", "tool", "system"):
             assert m["content"] in context and m["content"] not in sampled
     json.dumps(mask)  # plain ints
+
+
+def test_tool_output_past_the_context_budget_ends_the_rollout(tokenizer, lookup_files):
+    """A 1 MB tool answer must not become a 300k-token training sequence: the rollout ends at the budget with the
+    ids the model saw, and the output stays in the messages for graders."""
+    from agentrft.tools.registry import make_tool
+    from agentrft.tools.router import PythonToolBackend, ToolRouter
+
+    def lookup(key: str) -> str:
+        return "x " * 500_000
+
+    row = list(load_dataset(lookup_files["valid"]))[0]
+    row.messages[-1]["content"] = "Q-BIG: What color is K1?"
+    sampler = RecordingSampler(ScriptedSampler(tokenizer, {"Q-BIG": ['<tool_call>{"name": "lookup", "arguments": {"key": "K1"}}</tool_call>', "ANSWER: red"]}))
+    router = ToolRouter([PythonToolBackend([make_tool(lookup)])], timeout_s=30)
+    loop = AgentLoop(sampler, ChatRenderer(tokenizer), router, limits=RolloutLimits(max_context_tokens=512))
+    (t,) = loop.run([RolloutTask(row=row, seed=0)], SamplingParams())
+    assert t.outcome == "context_limit"
+    assert len(t.token_ids) < 512 and len(t.turns) == 1
+    assert t.messages[-1]["role"] == "tool" and len(t.messages[-1]["content"]) == 1_000_000
+    _check_spans([t], sampler.calls)

@@ -63,7 +63,6 @@ class _State:
     pending_turn: Turn | None = None
     over_budget: bool = False
     ended_with_eos: bool = True
-    tool_t0: float = 0.0
 
 
 class AgentLoop:
@@ -259,7 +258,6 @@ class AgentLoop:
                 c.status, c.error, c.output = "budget", "turn limit reached", "Error: turn limit reached."
             return "max_turns"
         s.pending = []
-        s.tool_t0 = time.perf_counter()
         for c in turn.tool_calls:
             if s.calls_used >= self.limits.max_episode_steps:
                 c.status, c.error = "budget", "tool-call budget exhausted"
@@ -274,7 +272,9 @@ class AgentLoop:
     def _after_tools(self, s: _State) -> str | None:
         traj, turn = s.traj, s.pending_turn
         assert turn is not None
-        traj.tool_time_s += time.perf_counter() - s.tool_t0
+        # wall time of the turn's calls: they run in parallel, so the slowest one (not the time until the loop
+        # noticed, which includes waiting for the current decode batch)
+        traj.tool_time_s += max((c.latency_s for c in turn.tool_calls if c.status != "budget"), default=0.0)
         s.pending = []
         new_msgs: list[dict[str, Any]] = []
         for c in turn.tool_calls:
@@ -297,6 +297,10 @@ class AgentLoop:
             return "tool_budget"
         cont = self.renderer.continuation_ids(s.conversation, new_msgs, s.tools, sampled_ended_with_eos=s.ended_with_eos)
         s.conversation += new_msgs
+        if len(traj.token_ids) + len(cont) >= self.limits.max_context_tokens:
+            # the tool results do not fit: end here, keeping the ids the model actually saw (the messages keep the
+            # outputs for graders); never hand the learner a sequence past the context budget
+            return "context_limit"
         traj.token_ids += cont
         traj.loss_mask += [0] * len(cont)
         traj.logprobs += [0.0] * len(cont)
