@@ -245,6 +245,21 @@ def _print_metrics(m: dict[str, Any], title: str) -> None:
 _mount_optional("grade", "agentrft.graders.cli", "Validate and run graders (OpenAI graders/validate and graders/run).")
 _mount_optional("tools", "agentrft.tools.cli", "Serve tools over HTTP (Agent RFT contract).")
 _mount_optional("model", "agentrft.models.cli", "Build and import models offline.")
+_mount_optional("bench", "agentrft.bench", "Benchmarks side by side: vs HF generate, TRL and the machine's fp32 limit.")
+
+
+def _register_top_level(module: str) -> None:
+    """Modules that contribute top-level commands (check, compare, promote, …) through ``register(app)``."""
+    import importlib
+
+    try:
+        importlib.import_module(module).register(app)
+    except (ImportError, AttributeError):
+        return
+
+
+_register_top_level("agentrft.evals.cli")
+_register_top_level("agentrft.gate.cli")
 
 
 def main() -> None:
