@@ -139,7 +139,8 @@ def build_config(args: argparse.Namespace, model: str, paths: dict[str, str]):
             "max_steps": args.steps, "batch_size": args.batch_size, "group_size": args.group_size,
             "learning_rate": args.lr, "micro_batch_size": args.micro_batch_size,
             "eval_interval": args.eval_interval, "eval_samples": 1, "max_turns": args.max_turns,
-            "max_episode_steps": args.max_turns, "max_new_tokens": args.max_new_tokens,
+            # one turn more than the tool budget, so a rollout that used its calls can still answer
+            "max_episode_steps": max(1, args.max_turns - 1), "max_new_tokens": args.max_new_tokens,
             "max_context_tokens": args.max_context_tokens, "temperature": 1.0,
             "eval_temperature": args.eval_temperature, "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r},
             "seed": args.seed, "keep_checkpoints": 2, "max_batch_trajectories": 16,
@@ -183,6 +184,12 @@ def stage_rl(args: argparse.Namespace, st: State, model: str, paths: dict[str, s
     return cfg, run_id
 
 
+def _updates(latest: Path) -> int | None:
+    """Optimizer updates recorded in a resume checkpoint (None when there is none)."""
+    f = latest / "trainer_state.json"
+    return int(json.loads(f.read_text()).get("updates", 0)) if f.exists() else None
+
+
 def stage_compare(args: argparse.Namespace, st: State, cfg: Any, run_id: str) -> dict[str, Any]:
     from agentrft.evals.stats import compare_runs
     from agentrft.store import RunStore
@@ -200,6 +207,10 @@ def stage_compare(args: argparse.Namespace, st: State, cfg: Any, run_id: str) ->
     if later:
         best = sorted(later, key=lambda m: (-m["reward_mean"], m["step"]))[0]
         b = store.trajectories(run_id, step=best["step"], split="valid")
+    elif steps_trained and _updates(cfg.output_path / run_id / "latest") == 0:
+        # no optimizer step happened (every group had zero reward variance): the policy is still the baseline
+        best, b = {**base}, a
+        compared = "baseline itself: no optimizer update happened (every group had zero reward variance)"
     elif steps_trained and (cfg.output_path / run_id / "latest").exists():
         # the run stopped before its first eval after training: evaluate its resume checkpoint now, with the same
         # seeds as the step-0 evaluation (seeds depend only on seed, row, sample), so the pair stays paired
@@ -262,10 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--micro-batch-size", type=int, default=2)
-    ap.add_argument("--max-turns", type=int, default=3)
+    ap.add_argument("--max-turns", type=int, default=4, help="assistant turns; the tool budget is one less")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--max-context-tokens", type=int, default=1024)
     ap.add_argument("--eval-temperature", type=float, default=0.5)
+    ap.add_argument("--compare-only", action="store_true",
+                    help="no training: compare what the recorded run has (e.g. after killing it)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
 
@@ -281,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     model = stage_model(args, st)
     paths = stage_data(args, st)
     sft = stage_sft(args, st, model, paths["demos"])
-    cfg, run_id = stage_rl(args, st, sft, paths)
+    if args.compare_only:
+        if not st.data.get("run_id"):
+            raise SystemExit(f"--compare-only: {st.path} records no RL run yet")
+        cfg, run_id = build_config(args, sft, paths), st.data["run_id"]
+    else:
+        cfg, run_id = stage_rl(args, st, sft, paths)
     result = stage_compare(args, st, cfg, run_id)
     result["wall_s_this_invocation"] = round(time.perf_counter() - t0, 1)
     result["load_end"] = _load()
