@@ -200,6 +200,7 @@ class SlotEngine:
         self.out_ids: list[list[int]] = [[] for _ in range(slots)]
         self.out_lp: list[list[float]] = [[] for _ in range(slots)]
         self.t0 = [0.0] * slots
+        self.waited = [0] * slots  # steps a fed slot's pre-fill has been deferred
         self.owner = owner  # a TransformersSampler whose counters this engine adds to
 
     @staticmethod
@@ -261,13 +262,22 @@ class SlotEngine:
             # decode row to a pre-fill's length would multiply its work by that length
             pre = [s for s in rows if len(self.pending[s]) > 1]
             dec = [s for s in rows if len(self.pending[s]) == 1]
+            # a pre-fill forward costs about as much as a decode step for small models, so pre-fills are gathered:
+            # they run when there are no decode rows, when they number ≥ 1/4 of the decode rows, or after waiting
+            # 4 steps. Waiting changes when a trajectory's tokens are sampled, never which (its own generator).
+            if pre and dec and 4 * len(pre) < len(dec) and max(self.waited[s] for s in pre) < 4:
+                for s in pre:
+                    self.waited[s] += 1
+                pre = []
+            for s in pre:
+                self.waited[s] = 0
             rows = pre + dec
+            if not rows:
+                return finished
             logits = torch.cat([self._forward(g) for g in (pre, dec) if g])
         finally:
             if was_training:
                 self.model.train()
-        if self.owner is not None:
-            self.owner.forward_passes += 1
         z = logits.float() / self.params.temperature
         logp = torch.log_softmax(z, dim=-1)
         probs = logp.exp()
@@ -295,6 +305,8 @@ class SlotEngine:
         """Logits of the last pending token of each row; writes the rows' pending tokens' K/V into their slots."""
         from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
+        if self.owner is not None:
+            self.owner.forward_passes += 1
         B = len(rows)
         lens = [len(self.pending[s]) for s in rows]
         T = max(lens)
