@@ -46,7 +46,8 @@ GRADER = {
 
 
 # Shaped reward for the learning test: answering in the format with the fewest calls is learnable by RL from a
-# warmed-up tiny model; correctness (copying the colour) is the rest of the reward.
+# warmed-up tiny model; correctness (copying the colour, which a tiny model learns only after far more steps than a
+# test can afford) is the rest of the reward.
 GRADER_SHAPED = {
     "type": "multi",
     "name": "lookup_shaped",
@@ -57,7 +58,7 @@ GRADER_SHAPED = {
         "efficiency": {"type": "tool_efficiency", "name": "efficiency", "target_calls": "{{ item.min_tool_calls }}",
                        "budget": 4},
     },
-    "calculate_output": "0.4 * format * efficiency + 0.2 * format + 0.4 * correct",
+    "calculate_output": "0.8 * format * efficiency + 0.2 * correct",
 }
 
 
@@ -80,12 +81,13 @@ def _call(i: int, key: str) -> dict:
     return {"id": f"c{i}", "type": "function", "function": {"name": "lookup", "arguments": json.dumps({"key": key})}}
 
 
-def make_demo(row: dict, rng: random.Random, wrong_rate: float, redundant_rate: float) -> dict:
+def make_demo(row: dict, rng: random.Random, wrong_rate: float, redundant_rate: float,
+              redundant_extra: int = 1) -> dict:
     keys, table = row["keys"], row["table"]
     msgs = list(row["messages"])
     calls = [_call(i, k) for i, k in enumerate(keys)]
-    if rng.random() < redundant_rate:  # one call per turn, repeating the first
-        seq = [calls[0]] + [_call(9, keys[0])] + calls[1:]
+    if rng.random() < redundant_rate:  # one call per turn, repeating the first `redundant_extra` times
+        seq = [calls[0]] + [_call(9 - j, keys[0]) for j in range(redundant_extra)] + calls[1:]
         for c in seq:
             k = json.loads(c["function"]["arguments"])["key"]
             msgs += [{"role": "assistant", "content": "", "tool_calls": [c]},
@@ -103,13 +105,14 @@ def make_demo(row: dict, rng: random.Random, wrong_rate: float, redundant_rate: 
 
 
 def write_task(out: Path, *, seed: int = 0, n_train: int = 64, n_valid: int = 24, n_demos: int = 96,
-               wrong_rate: float = 0.5, redundant_rate: float = 0.3, two_key_rate: float = 0.3) -> dict[str, Path]:
+               wrong_rate: float = 0.5, redundant_rate: float = 0.3, two_key_rate: float = 0.3,
+               redundant_extra: int = 1) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     paths = {"train": out / "train.jsonl", "valid": out / "valid.jsonl", "demos": out / "demos.jsonl"}
     rows = {k: [make_row(rng, rng.random() < two_key_rate) for _ in range(n)]
             for k, n in (("train", n_train), ("valid", n_valid))}
-    demos = [make_demo(make_row(rng, rng.random() < two_key_rate), rng, wrong_rate, redundant_rate)
+    demos = [make_demo(make_row(rng, rng.random() < two_key_rate), rng, wrong_rate, redundant_rate, redundant_extra)
              for _ in range(n_demos)]
     for k in ("train", "valid"):
         paths[k].write_text("".join(json.dumps(r) + "\n" for r in rows[k]))
