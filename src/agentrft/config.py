@@ -192,18 +192,25 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<confi
         raise ConfigError(_format_errors(e, source)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+def read_yaml(path: str | Path, error: type[Exception] = None) -> Any:  # type: ignore[assignment]
+    """Read a YAML file; unreadable or invalid YAML raises ``error`` (default ConfigError) naming ``file:line``."""
+    error = error or ConfigError
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        raise error(f"{path}: cannot read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        raise error(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    path = Path(path)
+    data = read_yaml(path)
     if overrides and isinstance(data, dict):
         data = _deep_merge(data, overrides)
     return parse_config(data, base_dir=path.parent.resolve(), source=str(path))

@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 WAIVABLE = ("min_lift", "holdouts", "efficiency", "monitors", "audits")
@@ -143,15 +142,8 @@ def parse_policy(data: Any, *, base_dir: str | Path = ".", source: str = "<polic
 
 
 def load_policy(path: str | Path) -> PromotionPolicy:
+    from agentrft.config import read_yaml
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise PolicyError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise PolicyError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    data = read_yaml(path, PolicyError)
     return parse_policy(data, base_dir=path.parent.resolve(), source=str(path))

@@ -45,17 +45,10 @@ class SFTConfig(BaseModel):
 
 
 def load_sft_config(path: str | Path) -> tuple[SFTConfig, Path]:
-    import yaml
-
-    from agentrft.config import ConfigError, _format_errors
+    from agentrft.config import ConfigError, _format_errors, read_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path)
     try:
         return SFTConfig.model_validate(data), path.parent.resolve()
     except ValidationError as e:
