@@ -45,6 +45,8 @@ def test_grpo_raises_validation_reward(task):
     assert final >= base + MARGIN, f"validation reward {base:.3f} → {final:.3f}"
     train_steps = store.step_metrics(run_id, split="train")
     assert all(m["trained_trajectories"] > 0 for m in train_steps[:3])  # the grader gave a gradient
+    # timings come from the store: a full iteration covers its sampling and update
+    assert all(m["time/full_iteration"] >= m["time/sampling"] + m["time/training"] > 0 for m in train_steps)
 
     # the report is built from the store: curves, baseline-vs-best with paired intervals, a before/after task
     from agentrft.evals.report import build_report

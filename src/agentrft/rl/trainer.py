@@ -195,13 +195,9 @@ class Trainer:
                 if self._pause_if_alerted(0):
                     return
             for step in range(self.start_step, self.total_steps + 1):
-                t_iter = time.perf_counter()
                 metrics = self._train_step(step, prog)
-                metrics["time/full_iteration"] = time.perf_counter() - t_iter
                 if self.valid_rows and (step % self.hp.eval_interval == 0 or step == self.total_steps):
-                    t_eval = time.perf_counter()
-                    self._eval(step, prog)
-                    metrics["time/eval"] = time.perf_counter() - t_eval
+                    self._eval(step, prog)  # its wall time is recorded as time/eval on the valid row
                 self._save_latest(step)
                 prog.step_done(step, metrics)
                 if self._pause_if_alerted(step):
@@ -223,6 +219,7 @@ class Trainer:
 
     def _train_step(self, step: int, prog: Any) -> dict[str, Any]:
         hp = self.hp
+        t_iter = time.perf_counter()
         row_ids = self.cursor.take(len(self.train_rows), hp.batch_size, hp.seed)
         rows: list[Row] = [self.train_rows[i] for i in row_ids]
         tasks = [
@@ -270,6 +267,8 @@ class Trainer:
         })
         m["train_reward_mean"] = m["reward_mean"]
         self.monitor.observe_train(step, m, trajs)
+        # rollouts + grading + update + bookkeeping; evals are timed on their own (valid) row
+        m["time/full_iteration"] = time.perf_counter() - t_iter
         self.store.record_step(self.run_id, step, "train", m, trajs)
         return m
 
