@@ -198,3 +198,26 @@ def efficiency_score(sample: dict[str, Any], item: dict[str, Any]) -> float:
     if budget <= target:
         raise ValueError(f"item.max_tool_calls ({budget}) must exceed item.min_tool_calls ({target})")
     return efficiency(n, target, budget)
+
+
+def corpus_rows(out: Path, system_prompt: str, tools: Iterable[PythonTool], *, also_required: Iterable[str] = ()
+                ) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    """The text every environment's corpus starts with, in order: the system prompt, each tool's schema and
+    description, then every message text and tool call of train/valid/demos. Yields ``(file, row, text)``;
+    ``row`` is set on the last item of each row (text "") so the caller can add that row's own reference texts."""
+    names = ("train.jsonl", "valid.jsonl", "demos.jsonl")
+    for name in (*names, *also_required):
+        if not (out / name).exists():
+            raise FileNotFoundError(f"{out / name}: not generated yet; call generate({str(out)!r}) first")
+    yield "", None, system_prompt
+    for t in tools:
+        yield "", None, json.dumps(t.schema)
+        yield "", None, t.description
+    for name in names:
+        for row in read_jsonl(out / name):
+            for m in row["messages"]:
+                if m.get("content"):
+                    yield name, None, m["content"]
+                for c in m.get("tool_calls") or []:
+                    yield name, None, c["function"]["name"] + " " + c["function"]["arguments"]
+            yield name, row, ""

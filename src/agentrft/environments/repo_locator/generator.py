@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterator
 
-from agentrft.environments.common import check_sizes, read_jsonl, run_demo, write_json, write_jsonl
+from agentrft.environments.common import check_sizes, corpus_rows, run_demo, write_json, write_jsonl
 from agentrft.tools.registry import resolve_python_tool
 
 TOOLS_REF = "agentrft.environments.repo_locator.tools:*"
@@ -235,26 +235,11 @@ def generate(
 def corpus(out_dir: str | Path) -> Iterator[str]:
     """Every text the model will see: prompts, tool schemas, demo turns, and every tool output a rollout on
     the generated rows can produce for the natural arguments (file lists, grep results, file contents)."""
-    import json
-
-    out = Path(out_dir)
-    for name in ("train.jsonl", "valid.jsonl", "demos.jsonl"):
-        if not (out / name).exists():
-            raise FileNotFoundError(f"{out / name}: not generated yet; call generate({str(out)!r}) first")
-    tools = _tools()
-    yield SYSTEM_PROMPT
-    for t in tools.values():
-        yield json.dumps(t.schema)
-        yield t.description
-    for name in ("train.jsonl", "valid.jsonl", "demos.jsonl"):
-        for row in read_jsonl(out / name):
-            for m in row["messages"]:
-                if m.get("content"):
-                    yield m["content"]
-                for c in m.get("tool_calls") or []:
-                    yield c["function"]["name"] + " " + c["function"]["arguments"]
-            if name != "demos.jsonl":
-                yield row["expected_answer"]
-                yield ", ".join(sorted(row["repo"]))
-                for text in row["repo"].values():
-                    yield text.strip()
+    for name, row, text in corpus_rows(Path(out_dir), SYSTEM_PROMPT, _tools().values()):
+        if row is None:
+            yield text
+        elif name != "demos.jsonl":
+            yield row["expected_answer"]
+            yield ", ".join(sorted(row["repo"]))
+            for body in row["repo"].values():
+                yield body.strip()

@@ -24,14 +24,13 @@ about the first order instead of asking).
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 
-from agentrft.environments.common import check_sizes, read_jsonl, run_demo, write_json, write_jsonl
+from agentrft.environments.common import check_sizes, corpus_rows, run_demo, write_json, write_jsonl
 from agentrft.environments.support_desk.tools import format_customer, format_order, is_eligible
 from agentrft.tools.registry import resolve_python_tool
 
@@ -235,22 +234,8 @@ def corpus(out_dir: str | Path) -> Iterator[str]:
     """Every text the model will see: prompts, tool schemas, demo turns, and the output of every tool on
     every customer and order of the database (as found and as refunded)."""
     out = Path(out_dir)
-    for name in ("train.jsonl", "valid.jsonl", "demos.jsonl", DB_NAME):
-        if not (out / name).exists():
-            raise FileNotFoundError(f"{out / name}: not generated yet; call generate({str(out)!r}) first")
-    tools = _tools()
-    yield SYSTEM_PROMPT
-    for t in tools.values():
-        yield json.dumps(t.schema)
-        yield t.description
-    for name in ("train.jsonl", "valid.jsonl", "demos.jsonl"):
-        for row in read_jsonl(out / name):
-            for m in row["messages"]:
-                if m.get("content"):
-                    yield m["content"]
-                for c in m.get("tool_calls") or []:
-                    yield c["function"]["name"] + " " + c["function"]["arguments"]
-            yield row["expected_answer"]
+    for _name, row, text in corpus_rows(out, SYSTEM_PROMPT, _tools().values(), also_required=(DB_NAME,)):
+        yield text if row is None else row["expected_answer"]
     with closing(sqlite3.connect((out / DB_NAME).resolve().as_uri() + "?mode=ro", uri=True)) as db:
         for cid, cname, email in db.execute("SELECT id, name, email FROM customers ORDER BY id"):
             yield format_customer(cid, cname, email)
