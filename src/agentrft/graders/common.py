@@ -73,3 +73,22 @@ def as_score(value: Any) -> float | None:
 
 def clip01(x: float) -> float:
     return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+
+
+def require_input_reference(spec: dict[str, Any], choice_field: str, choices: tuple[str, ...]) -> str:
+    """Validate the shape string_check and text_similarity share: templated ``input`` and ``reference`` strings,
+    ``choice_field`` one of ``choices`` (returned), an optional ``pass_threshold``. Errors name the field."""
+    from agentrft.graders.templating import TemplateVariableError, check_template
+
+    require(spec, "input", str)
+    require(spec, "reference", str)
+    choice = require(spec, choice_field, str)
+    if choice not in choices:
+        raise GraderSpecError(f"grader.{choice_field}: {choice!r} is not one of {', '.join(choices)}")
+    check_pass_threshold(spec)
+    try:
+        check_template(spec["input"], "grader.input")
+        check_template(spec["reference"], "grader.reference")
+    except TemplateVariableError as e:
+        raise GraderSpecError(str(e)) from None
+    return choice

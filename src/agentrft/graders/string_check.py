@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentrft.graders.base import Grade, Grader, GraderSpecError, register_grader
-from agentrft.graders.common import check_pass_threshold, error_grade, require
-from agentrft.graders.templating import TemplateVariableError, check_template, render
+from agentrft.graders.base import Grade, Grader, register_grader
+from agentrft.graders.common import error_grade, require_input_reference
+from agentrft.graders.templating import TemplateVariableError, render
 
 OPERATIONS = ("eq", "ne", "like", "ilike")
 
@@ -28,18 +28,7 @@ class StringCheckGrader(Grader):
     type = "string_check"
 
     def validate_spec(self) -> None:
-        require(self.spec, "input", str)
-        require(self.spec, "reference", str)
-        op = require(self.spec, "operation", str)
-        if op not in OPERATIONS:
-            raise GraderSpecError(f"grader.operation: {op!r} is not one of {', '.join(OPERATIONS)}")
-        check_pass_threshold(self.spec)
-        try:
-            check_template(self.spec["input"], "grader.input")
-            check_template(self.spec["reference"], "grader.reference")
-        except TemplateVariableError as e:
-            raise GraderSpecError(str(e)) from None
-        self._op = op
+        self._op = require_input_reference(self.spec, "operation", OPERATIONS)
         self._input = self.spec["input"]
         self._ref = self.spec["reference"]
 

@@ -36,9 +36,9 @@ import re
 import threading
 from typing import Any
 
-from agentrft.graders.base import Grade, Grader, GraderSpecError, register_grader
-from agentrft.graders.common import check_pass_threshold, clip01, error_grade, require
-from agentrft.graders.templating import TemplateVariableError, check_template, render
+from agentrft.graders.base import Grade, Grader, register_grader
+from agentrft.graders.common import clip01, error_grade, require_input_reference
+from agentrft.graders.templating import TemplateVariableError, render
 
 METRICS = ("fuzzy_match", "bleu", "gleu", "meteor", "cosine", "rouge_1", "rouge_2", "rouge_3", "rouge_4",
            "rouge_5", "rouge_l")
@@ -209,18 +209,7 @@ class TextSimilarityGrader(Grader):
     type = "text_similarity"
 
     def validate_spec(self) -> None:
-        require(self.spec, "input", str)
-        require(self.spec, "reference", str)
-        m = require(self.spec, "evaluation_metric", str)
-        if m not in METRICS:
-            raise GraderSpecError(f"grader.evaluation_metric: {m!r} is not one of {', '.join(METRICS)}")
-        check_pass_threshold(self.spec)
-        try:
-            check_template(self.spec["input"], "grader.input")
-            check_template(self.spec["reference"], "grader.reference")
-        except TemplateVariableError as e:
-            raise GraderSpecError(str(e)) from None
-        self.metric = m
+        self.metric = require_input_reference(self.spec, "evaluation_metric", tuple(METRICS))
 
     def _grade(self, sample: dict[str, Any], item: dict[str, Any], *, trace_id: str | None) -> Grade:
         try:
