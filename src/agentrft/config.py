@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -125,11 +125,6 @@ class RunConfig(_Strict):
     store: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<output_dir>/agentrft.db")
     output_dir: str = "runs"
     base_dir: str = Field(".", description="set by the loader: the config file's directory")
-
-    @field_validator("grader", mode="before")
-    @classmethod
-    def _grader_from_file(cls, v: Any, info: Any) -> Any:
-        return v  # paths are resolved in load_config (needs base_dir)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

@@ -42,7 +42,6 @@ from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
 from agentrft.rollout.render import ChatRenderer
 from agentrft.store import RunStore
 from agentrft.tools.router import build_router
-from agentrft.types import Trajectory
 
 
 class TrainingError(RuntimeError):
@@ -322,7 +321,3 @@ class Trainer:
 
 def train(cfg: RunConfig, *, resume: str | None = None, progress: bool = True, console: Any = None) -> str:
     return Trainer(cfg, resume=resume, progress=progress, console=console).run()
-
-
-def trajectories_summary(trajs: list[Trajectory]) -> dict[str, Any]:
-    return agent_metrics(trajs)
