@@ -6,7 +6,7 @@ router, the HF-generate agent loop and TRL's ``tools=`` argument unchanged. Rewa
 text equals ``ANSWER: <colours>`` exactly, else 0 (agentrft: a ``string_check`` grader; TRL: the same rule as a
 reward function).
 
-Models are built locally (a BPE tokenizer trained on the task text, Qwen2 configs of ~1M, ~10M and ~30M
+Models are built locally (a BPE tokenizer trained on the task text, Llama configs of ~1M, ~10M and ~30M
 parameters) and warm-started with SFT on imperfect demonstrations so that they call the tool (multi-turn) and
 answer right about half the time: RL has something to improve and rollouts really are multi-turn.
 """

@@ -22,7 +22,7 @@ def lookup_files(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model(lookup_files, tmp_path_factory) -> Path:
-    """An untrained tiny Qwen2 model + BPE tokenizer with the ChatML tool template."""
+    """An untrained tiny Llama-style model + BPE tokenizer with the ChatML tool template."""
     from agentrft.models.tiny import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(lookup_task.corpus(lookup_files), tmp_path_factory.mktemp("tiny") / "model",

@@ -76,6 +76,24 @@ def test_tiny_tokenizer_fits_the_environment(built):
     assert n_tokens < n_bytes / 2.5, (n_tokens, n_bytes)
 
 
+def test_tiny_tokenizer_reloads_as_trained(built):
+    """transformers rebuilds some model types' tokenizers from their own class (a ``qwen2`` directory loads as
+    Qwen2Tokenizer with Qwen's pre-tokenizer, whatever tokenizer.json says). The directory we write must load
+    with the pipeline it was trained with: names, paths and the template's words stay single tokens."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    summary, out = built
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    raw = Tokenizer.from_file(str(out / "model" / "tokenizer.json"))
+    row = json.loads(Path(summary["files"]["demos"]).read_text().splitlines()[0])
+    text = tok.apply_chat_template(row["messages"], tools=row["tools"], tokenize=False)
+    assert tok(text, add_special_tokens=False)["input_ids"] == raw.encode(text, add_special_tokens=False).ids
+    symbol, path = row["symbol"], row["expected_files"][0]
+    for word in (symbol, path, "arguments", "assistant"):
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, (word, tok.tokenize(word))
+
+
 def test_tiny_is_deterministic_for_a_seed(built, tmp_path):
     """Same environment data and seed → byte-identical weights (reuse the generated data with --data)."""
     summary, out = built

@@ -156,8 +156,9 @@ def test_real_sampler_rollouts_are_what_the_learner_trains_on(sft_lookup_model, 
                 assert abs(lp[i] - t.logprobs[i]) < 1e-4
 
     # And the tensors rl_step feeds the model are exactly the trajectories' ids; the loss mask is the sampled mask.
+    # (the learner runs the decoder and applies the output layer at loss positions only, so the ids enter there)
     seen: list[torch.Tensor] = []
-    hook = learner.model.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"].clone()),
+    hook = learner.model.get_decoder().register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"].clone()),
                                                    with_kwargs=True)
     for k, t in enumerate(trajs):
         t.advantage = 1.0 if k % 2 else -1.0

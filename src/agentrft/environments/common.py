@@ -203,7 +203,8 @@ def efficiency_score(sample: dict[str, Any], item: dict[str, Any]) -> float:
 def corpus_rows(out: Path, system_prompt: str, tools: Iterable[PythonTool], *, also_required: Iterable[str] = ()
                 ) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
     """The text every environment's corpus starts with, in order: the system prompt, each tool's schema and
-    description, then every message text and tool call of train/valid/demos. Yields ``(file, row, text)``;
+    description, then for each row of train/valid/demos the conversation as the chat template renders it and
+    every message text and tool call on its own. Yields ``(file, row, text)``;
     ``row`` is set on the last item of each row (text "") so the caller can add that row's own reference texts."""
     names = ("train.jsonl", "valid.jsonl", "demos.jsonl")
     for name in (*names, *also_required):
@@ -213,8 +214,11 @@ def corpus_rows(out: Path, system_prompt: str, tools: Iterable[PythonTool], *, a
     for t in tools:
         yield "", None, json.dumps(t.schema)
         yield "", None, t.description
+    from agentrft.models.tiny import render_chat_texts
+
     for name in names:
         for row in read_jsonl(out / name):
+            yield name, None, render_chat_texts([row])[0]
             for m in row["messages"]:
                 if m.get("content"):
                     yield name, None, m["content"]

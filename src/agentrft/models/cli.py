@@ -3,7 +3,7 @@
 * ``agentrft model tiny --env repo_locator --out models/tiny [--vocab-size 1024 --hidden-size 128 --layers 4
   --seed 0]`` — generates the environment's data into ``DIR/data`` (unless ``--data`` points at already generated
   data), trains a byte-level BPE tokenizer on its corpus (prompts, tool schemas, demo turns, tool outputs) and
-  writes an untrained Qwen2-style model with the ChatML tool template to ``DIR/model``. Prints a JSON summary
+  writes an untrained Llama-style model with the ChatML tool template to ``DIR/model``. Prints a JSON summary
   (paths, parameters, vocabulary). The model needs the SFT warm-start on ``DIR/data/demos.jsonl`` before RL.
 * ``agentrft model import-gguf PATH --out DIR [--template auto|gemma|chatml] [--keep-template] [--overwrite]``
   — a GGUF file → float32 transformers directory with a tool-calling chat template (see
@@ -105,13 +105,14 @@ def tiny(
 
 
 def _param_count(cfg) -> int:  # noqa: ANN001
-    """Parameters of a Qwen2 config with tied embeddings, computed from its shapes (no weights loaded):
-    embeddings V·h; per layer q (h·h + h), k and v (2·(h·kv·d + kv·d)), o (h·h), MLP 3·h·i, two RMSNorms 2·h;
-    final norm h."""
+    """Parameters of a Llama/Qwen2 config with tied embeddings, computed from its shapes (no weights loaded):
+    embeddings V·h; per layer q (h·h), k and v (2·h·kv), o (h·h), MLP 3·h·i, two RMSNorms 2·h, plus the q/k/v
+    biases (h + 2·kv) when the config has them (Qwen2 always, Llama with ``attention_bias``); final norm h."""
     h, v, i, n = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers
     d = h // cfg.num_attention_heads
     kv = cfg.num_key_value_heads * d
-    layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
+    bias = (h + 2 * kv) if getattr(cfg, "attention_bias", cfg.model_type == "qwen2") else 0
+    layer = h * h + 2 * h * kv + h * h + 3 * h * i + 2 * h + bias
     return v * h + n * layer + h
 
 

@@ -45,6 +45,21 @@ def load_model_and_tokenizer(path: str, *, dtype: torch.dtype = torch.float32):
     return model, tok
 
 
+# Model types whose causal-LM logits are exactly ``lm_head(decoder(...).last_hidden_state)`` (with Gemma's
+# optional final soft-capping): for these the learner runs the output layer only where a log-prob is needed.
+_PLAIN_HEAD = {"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text"}
+
+
+def _split_head(model: Any) -> tuple[Any, Any, float | None] | None:
+    """``(decoder, lm_head, softcap)`` for a model whose logits are its head over its decoder's last hidden
+    state, else None (the caller then runs the whole model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if getattr(cfg, "model_type", None) not in _PLAIN_HEAD or not hasattr(base, "get_decoder"):
+        return None
+    return base.get_decoder(), base.get_output_embeddings(), getattr(cfg, "final_logit_softcapping", None)
+
+
 def _pad_batch(seqs: list[list[Any]], value: Any, dtype: torch.dtype) -> torch.Tensor:
     L = max(len(s) for s in seqs)
     out = torch.full((len(seqs), L), value, dtype=dtype)
@@ -102,8 +117,31 @@ class Learner:
         self.updates = 0
 
     # ---- log-probs -------------------------------------------------------------------------------
-    def _token_logprobs(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, *, entropy: bool = False):
-        """log p(ids[:, t+1] | ids[:, :t+1]) for t in 0..L-2 → [B, L-1] (and the per-token entropy)."""
+    def _token_logprobs(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, *, entropy: bool = False,
+                        where: torch.Tensor | None = None):
+        """log p(ids[:, t+1] | ids[:, :t+1]) for t in 0..L-2 → [B, L-1] (and the per-token entropy).
+
+        ``where`` ([B, L-1] bool): the positions whose values are used (the loss mask). When given, the
+        output layer and the softmax over the vocabulary run at those positions only — prompt and tool
+        tokens are most of an agent trajectory, and the vocabulary projection is a large share of a forward
+        pass (~63% for Gemma 3 270M's 262k rows) — and the other positions read 0."""
+        split = _split_head(model) if where is not None else None
+        if split is not None:
+            decoder, head, cap = split
+            hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
+            sel = where.nonzero(as_tuple=True)
+            logits = head(hidden[sel]).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            logp_all = torch.log_softmax(logits / self.temperature, dim=-1)
+            picked = logp_all.gather(-1, ids[:, 1:][sel].unsqueeze(-1)).squeeze(-1)
+            lp = torch.zeros(where.shape, dtype=picked.dtype).index_put(sel, picked)
+            ent = None
+            if entropy:
+                with torch.no_grad():
+                    ent = torch.zeros(where.shape, dtype=picked.dtype).index_put(
+                        sel, -(logp_all.exp() * logp_all).sum(-1))
+            return lp, ent
         out = model(input_ids=ids, attention_mask=attn, use_cache=False)
         logits = out.logits[:, :-1, :].float() / self.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
@@ -154,8 +192,8 @@ class Learner:
             mask = _pad_batch([t.loss_mask[1:] for t in mb], 0.0, torch.float32)
             old = _pad_batch([t.logprobs[1:] for t in mb], 0.0, torch.float32)
             adv = _pad_batch([token_advs[i][1:] for i in idx], 0.0, torch.float32)
-            new_lp, ent = self._token_logprobs(self.model, ids, attn, entropy=True)
-            ref_lp = self._reference_logprobs(ids, attn) if self.kl_coef > 0 else None
+            new_lp, ent = self._token_logprobs(self.model, ids, attn, entropy=True, where=mask > 0)
+            ref_lp = self._reference_logprobs(ids, attn, where=mask > 0) if self.kl_coef > 0 else None
             loss, st = clipped_policy_loss(
                 new_lp, old, adv, mask, eps_low=eps_low, eps_high=eps_high, level=level, norm=norm,
                 ref_lp=ref_lp, kl_coef=self.kl_coef, kl_norm=total_tokens,
@@ -180,13 +218,14 @@ class Learner:
         }
 
     @torch.no_grad()
-    def _reference_logprobs(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    def _reference_logprobs(self, ids: torch.Tensor, attn: torch.Tensor,
+                            where: torch.Tensor | None = None) -> torch.Tensor:
         if self.is_lora:
             with self.model.disable_adapter():
-                lp, _ = self._token_logprobs(self.model, ids, attn)
+                lp, _ = self._token_logprobs(self.model, ids, attn, where=where)
             return lp
         assert self.ref_model is not None
-        lp, _ = self._token_logprobs(self.ref_model, ids, attn)
+        lp, _ = self._token_logprobs(self.ref_model, ids, attn, where=where)
         return lp
 
     @torch.no_grad()
@@ -200,7 +239,7 @@ class Learner:
             mask = _pad_batch([t.loss_mask[1:] for t in mb], 0.0, torch.float32)
             if not self.is_lora and self.ref_model is None:
                 return 0.0
-            ref = self._reference_logprobs(ids, attn)
+            ref = self._reference_logprobs(ids, attn, where=mask > 0)
             new = _pad_batch([t.logprobs[1:] for t in mb], 0.0, torch.float32)
             d = ref - new
             num += float(((torch.exp(d) - d - 1.0) * mask).sum())
@@ -222,7 +261,7 @@ class Learner:
                 ids = _pad_batch([x for x, _ in mb], self.pad_id, torch.long)
                 attn = _pad_batch([[1] * len(x) for x, _ in mb], 0, torch.long)
                 mask = _pad_batch([m[1:] for _, m in mb], 0.0, torch.float32)
-                lp, _ = self._token_logprobs(self.model, ids, attn)
+                lp, _ = self._token_logprobs(self.model, ids, attn, where=mask > 0)
                 loss = -(lp * mask).sum() / total
                 loss.backward()
                 loss_sum += float(loss.detach()) * total

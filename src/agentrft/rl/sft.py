@@ -88,9 +88,13 @@ def run_sft(
     micro_batch_size: int = 16,
     seed: int = 0,
     max_tokens: int | None = 2048,
+    until_loss: float | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> SFTResult:
-    """Fine-tune ``model`` on the demos for ``epochs`` passes; write a plain model directory to ``out_dir``."""
+    """Fine-tune ``model`` on the demos for ``epochs`` passes; write a plain model directory to ``out_dir``.
+
+    ``until_loss``: stop early once the mean loss of the last 10 steps is at or below it (the skill being
+    taught has been learned; the rest of the epochs would only memorise)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     rows = load_dataset(demos_path, allow_demos=True)
@@ -104,6 +108,7 @@ def run_sft(
     total = epochs * steps_per_epoch
     losses: list[float] = []
     step = 0
+    done = False
     for _ in range(epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)
@@ -112,8 +117,13 @@ def run_sft(
             st = learner.sft_step(batch)
             losses.append(st["loss"])
             step += 1
+            done = until_loss is not None and len(losses) >= 10 and sum(losses[-10:]) / 10 <= until_loss
             if on_step:
-                on_step(step, total, st)
+                on_step(step, step if done else total, st)
+            if done:
+                break
+        if done:
+            break
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = learner.model
