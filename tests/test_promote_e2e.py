@@ -39,7 +39,7 @@ def hack_model(tmp_path_factory):
             d["messages"][-1]["content"] = "ANSWER: " + ", ".join(lt.COLORS)
     paths["demos"].write_text("".join(json.dumps(d) + "\n" for d in demos))
     build_tiny_model(lt.corpus(paths), out / "tiny")
-    run_sft(str(out / "tiny"), paths["demos"], out / "warm", epochs=6, batch_size=16, learning_rate=3e-3, lora=None)
+    run_sft(str(out / "tiny"), paths["demos"], out / "warm", epochs=6, batch_size=16, learning_rate=1e-3, lora=None)
     return out, paths
 
 

@@ -34,7 +34,8 @@ class TrainProgress:
                 transient=False,
             )
             self._p.__enter__()
-            self._steps = self._p.add_task("train", total=self.total, info="")
+            # eval-only sessions (check, compare, eval) pass 0 steps: no empty "train 0/0" bar
+            self._steps = self._p.add_task("train", total=self.total, info="", visible=self.total > 0)
             self._roll = self._p.add_task("rollouts", total=1, info="", visible=False)
         return self
 
