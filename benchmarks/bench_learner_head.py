@@ -60,8 +60,8 @@ def main() -> None:
                                    "tokens": a.batch * a.length, "loss_share": a.mask}
     # selective first: ru_maxrss only grows, so the full path's figure is what it needs beyond the selective one
     for name, sel in (("selective", True), ("full", False)):
-        once(sel)  # warm-up
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        once(sel)  # warm-up (its peak counts)
         times = [once(sel) for _ in range(a.repeats)]
         out[f"{name}_s"] = round(min(times), 4)
         out[f"{name}_peak_rss_growth_mb"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1)
