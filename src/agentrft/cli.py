@@ -137,11 +137,11 @@ def sft(
         cfg, base = load_sft_config(config)
         hp = cfg.hyperparameters
         model = resolve(base, cfg.model) if (base / cfg.model).exists() else cfg.model
-        with _bar("sft") as (bar, task):
+        with sft_progress("sft") as on_step:
             res = run_sft(model, resolve(base, cfg.demos_file), resolve(base, cfg.output_dir), epochs=hp.epochs,
                           batch_size=hp.batch_size, learning_rate=hp.learning_rate, lora=hp.lora,
                           micro_batch_size=hp.micro_batch_size, seed=hp.seed, max_tokens=hp.max_tokens,
-                          on_step=lambda i, n, st: bar.update(task, total=n, completed=i, info=f"loss {st['loss']:.3f}"))
+                          until_loss=hp.until_loss, on_step=on_step)
     console.print(f"SFT: {res.steps} steps on {res.examples} demos ({res.tokens} supervised tokens), loss "
                   f"{res.first_loss:.3f} → {res.last_loss:.3f} in {res.wall_s:.0f}s; model written to {res.out_dir}")
 
@@ -153,6 +153,13 @@ def _bar(label: str):
     with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err) as bar:
         yield bar, bar.add_task(label, total=None, info="")
+
+
+@contextmanager
+def sft_progress(label: str):
+    """A progress bar for :func:`agentrft.rl.sft.run_sft`; yields its ``on_step`` callback."""
+    with _bar(label) as (bar, task):
+        yield lambda i, n, st: bar.update(task, total=n, completed=i, info=f"loss {st['loss']:.3f}")
 
 
 def _store(config: Optional[Path], store: Optional[str]):

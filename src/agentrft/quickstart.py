@@ -27,7 +27,7 @@ _PRESET: dict[str, Any] = {
     # scripted optimal transcripts of separate rows (seed + 1000) for the base model's pre-training
     "pretrain_rows": 1000,
     # until copying is learned: clean transcripts' loss falls from ~0.2 to ~0.03 when it is (a phase change that
-    # came after 150-400 steps in our runs), capped at 12 epochs
+    # came after 150-550 steps in our runs), capped at 12 epochs
     "pretrain": {"epochs": 12, "batch_size": 16, "learning_rate": 1e-3, "until_loss": 0.04},
     "model": {"vocab_size": 1024, "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
               "intermediate_size": 384},
@@ -69,23 +69,24 @@ def run_quickstart(env_name: str = "repo_locator", out: str | Path = "runs/quick
                              wrong_frac=0.0, redundant_frac=0.0)
     phases["generate"] = time.perf_counter() - t
 
-    from agentrft.cli import _bar
+    from agentrft.cli import sft_progress
 
     t = time.perf_counter()
     console.print("[bold]2/5[/] building a tiny tool-calling model (tokenizer trained on the environment's text) "
                   f"and pre-training it on {n_pre} scripted transcripts of other rows")
     corpus = [*env.corpus(out / "data"), *env.corpus(out / "pretrain_data")]
     model_dir = build_tiny_model(corpus, out / "model", TinyModelSpec(seed=seed, **preset["model"]))
-    with _bar("pretrain") as (bar, task):
-        base = run_sft(str(model_dir), pre_files["demos"], out / "base", seed=seed, **preset["pretrain"],
-                       on_step=lambda i, n, st: bar.update(task, total=n, completed=i, info=f"loss {st['loss']:.3f}"))
     phases["build_model"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with sft_progress("pretrain") as on_step:
+        base = run_sft(str(model_dir), pre_files["demos"], out / "base", seed=seed, **preset["pretrain"],
+                       on_step=on_step)
+    phases["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
     console.print("[bold]3/5[/] SFT warm-start on imperfect demonstrations")
-    with _bar("sft") as (bar, task):
-        sft = run_sft(str(base.out_dir), files["demos"], out / "sft", seed=seed, **preset["sft"],
-                      on_step=lambda i, n, st: bar.update(task, total=n, completed=i, info=f"loss {st['loss']:.3f}"))
+    with sft_progress("sft") as on_step:
+        sft = run_sft(str(base.out_dir), files["demos"], out / "sft", seed=seed, **preset["sft"], on_step=on_step)
     phases["sft"] = time.perf_counter() - t
 
     hp = dict(preset["hyperparameters"], seed=seed)

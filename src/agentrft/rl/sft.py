@@ -32,6 +32,7 @@ class SFTHyperparameters(BaseModel):
     lora: LoraConfig | None = None
     seed: int = 0
     max_tokens: int = Field(2048, ge=16)
+    until_loss: float | None = Field(None, gt=0, description="stop once the 10-step mean loss is at or below it")
 
 
 class SFTConfig(BaseModel):
