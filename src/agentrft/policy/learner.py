@@ -126,6 +126,7 @@ class Learner:
         tokens are most of an agent trajectory, and the vocabulary projection is a large share of a forward
         pass (~63% for Gemma 3 270M's 262k rows) — and the other positions read 0."""
         split = _split_head(model) if where is not None else None
+        targets = ids[:, 1:]
         if split is not None:
             decoder, head, cap = split
             hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
@@ -133,23 +134,19 @@ class Learner:
             logits = head(hidden[sel]).float()
             if cap:
                 logits = torch.tanh(logits / cap) * cap
-            logp_all = torch.log_softmax(logits / self.temperature, dim=-1)
-            picked = logp_all.gather(-1, ids[:, 1:][sel].unsqueeze(-1)).squeeze(-1)
-            lp = torch.zeros(where.shape, dtype=picked.dtype).index_put(sel, picked)
-            ent = None
-            if entropy:
-                with torch.no_grad():
-                    ent = torch.zeros(where.shape, dtype=picked.dtype).index_put(
-                        sel, -(logp_all.exp() * logp_all).sum(-1))
-            return lp, ent
-        out = model(input_ids=ids, attention_mask=attn, use_cache=False)
-        logits = out.logits[:, :-1, :].float() / self.temperature
-        logp_all = torch.log_softmax(logits, dim=-1)
-        lp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            targets = targets[sel]
+        else:
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1, :].float()
+        logp_all = torch.log_softmax(logits / self.temperature, dim=-1)
+        lp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         ent = None
         if entropy:
             with torch.no_grad():
                 ent = -(logp_all.exp() * logp_all).sum(-1)
+        if split is not None:  # back to [B, L-1], 0 where no log-prob was computed
+            lp = torch.zeros(where.shape, dtype=lp.dtype).index_put(sel, lp)
+            if ent is not None:
+                ent = torch.zeros(where.shape, dtype=ent.dtype).index_put(sel, ent)
         return lp, ent
 
     @torch.no_grad()
