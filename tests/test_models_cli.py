@@ -94,6 +94,29 @@ def test_tiny_tokenizer_reloads_as_trained(built):
         assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, (word, tok.tokenize(word))
 
 
+def test_a_tokenizer_that_does_not_reload_as_trained_is_refused(built, tmp_path):
+    """The reason the tiny model is a Llama: the same directory labelled ``qwen2`` reloads through
+    Qwen2Tokenizer, whose own pre-tokenizer splits our words — and the check says so."""
+    import shutil
+
+    import pytest
+    from transformers import AutoTokenizer
+
+    from agentrft.models.tiny import check_tokenizer_reloads
+
+    summary, out = built
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    row = json.loads(Path(summary["files"]["demos"]).read_text().splitlines()[0])
+    texts = [tok.apply_chat_template(row["messages"], tools=row["tools"], tokenize=False)]
+    check_tokenizer_reloads(out / "model", tok, texts)  # as built: reloads identically
+    qwen = tmp_path / "as-qwen2"
+    shutil.copytree(out / "model", qwen)
+    cfg = json.loads((qwen / "config.json").read_text())
+    (qwen / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(RuntimeError, match="does not reload as trained"):
+        check_tokenizer_reloads(qwen, tok, texts)
+
+
 def test_tiny_is_deterministic_for_a_seed(built, tmp_path):
     """Same environment data and seed → byte-identical weights (reuse the generated data with --data)."""
     summary, out = built

@@ -102,7 +102,7 @@ def render_chat_texts(conversations: Iterable[dict], chat_template: str = CHATML
 def build_tiny_model(texts: Iterable[str], out_dir: str | Path, spec: TinyModelSpec | None = None) -> Path:
     """Train the tokenizer on ``texts``, initialise a Llama-style model, save both to ``out_dir``."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     spec = spec or TinyModelSpec()
     out = Path(out_dir)
@@ -133,13 +133,21 @@ def build_tiny_model(texts: Iterable[str], out_dir: str | Path, spec: TinyModelS
     model.generation_config.pad_token_id = cfg.pad_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    reloaded = AutoTokenizer.from_pretrained(out)
+    check_tokenizer_reloads(out, tok, texts)
+    return out
+
+
+def check_tokenizer_reloads(model_dir: str | Path, tok, texts: list[str]) -> None:
+    """Raise if ``AutoTokenizer.from_pretrained(model_dir)`` tokenizes any of (up to 200 of) ``texts``
+    differently from ``tok``, the tokenizer that was trained and saved there."""
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(model_dir)
     for text in texts[:: max(1, len(texts) // 200)]:
         if reloaded(text, add_special_tokens=False)["input_ids"] != tok(text, add_special_tokens=False)["input_ids"]:
-            raise RuntimeError(f"{out}: the saved tokenizer does not reload as trained ({type(reloaded).__name__} "
-                               f"tokenizes {text[:60]!r} differently); transformers changed how it loads "
-                               "tokenizer.json for this model type")
-    return out
+            raise RuntimeError(f"{model_dir}: the saved tokenizer does not reload as trained "
+                               f"({type(reloaded).__name__} tokenizes {text[:60]!r} differently); transformers "
+                               "changed how it loads tokenizer.json for this model type")
 
 
 def count_parameters(model) -> int:
