@@ -19,6 +19,7 @@ at the first update is 1 up to numerics.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -156,7 +157,9 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 # ---- continuous batching with a persistent per-trajectory KV cache ------------------------------------------------
 class SlotEngine:
     """Decode many trajectories at once, each in its own *slot* of a preallocated KV cache that it keeps across
-    turns (Qwen2/Llama-family decoders: pre-norm, RoPE, GQA, no sliding window).
+    turns. Covers the decoders in ``SlotEngine.ARCHITECTURES``: Llama, Qwen2, Qwen3 (per-head q/k RMSNorm) and
+    Gemma 3 (per-head q/k norms, norms after attention and MLP, sliding-window layers with their own RoPE base,
+    ``query_pre_attn_scalar`` scaling, scaled embeddings).
 
     ``feed(slot, ids, gen, limit)`` appends token ids to the slot's sequence (a prompt, or everything since the
     slot's last turn: the turn's final sampled token plus the rendered tool results) and starts a new assistant
@@ -202,6 +205,15 @@ class SlotEngine:
         self.t0 = [0.0] * slots
         self.waited = [0] * slots  # steps a fed slot's pre-fill has been deferred
         self.owner = owner  # a TransformersSampler whose counters this engine adds to
+        # per-layer architecture facts, read from the model's own modules
+        layers = list(self.core.layers)
+        self.layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * self.n_layers)
+        self.window = [getattr(layer.self_attn, "sliding_window", None) for layer in layers]
+        self.rope_by_type = "layer_type" in inspect.signature(self.core.rotary_emb.forward).parameters
+        self.gemma_norms = hasattr(layers[0], "pre_feedforward_layernorm")  # norm after attention and after MLP
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+
+    ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text")
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -209,7 +221,9 @@ class SlotEngine:
 
         base = model.get_base_model() if isinstance(model, PeftModel) else model
         cfg = getattr(base, "config", None)
-        return (getattr(cfg, "model_type", None) in ("qwen2", "llama") and not getattr(cfg, "use_sliding_window", False)
+        return (getattr(cfg, "model_type", None) in SlotEngine.ARCHITECTURES
+                and getattr(cfg, "attn_logit_softcapping", None) is None
+                and not getattr(cfg, "use_bidirectional_attention", False)
                 and hasattr(base, "model") and hasattr(base.model, "rotary_emb"))
 
     def _ensure(self, need: int) -> None:
@@ -321,25 +335,37 @@ class SlotEngine:
         pos = st.unsqueeze(1) + torch.arange(T, device=dev).unsqueeze(0)  # [B, T] absolute positions
         Lk = max(a + n for a, n in zip(start, lens))
         key_pos = torch.arange(Lk, device=dev)
-        # query (b, t) sees keys at positions ≤ its own position: its cached prefix and its pending tokens up to t
-        allow = key_pos.view(1, 1, Lk) <= pos.unsqueeze(-1)  # [B, T, Lk]
-        # additive mask built once per step (a boolean mask would be converted in every layer)
-        mask = torch.zeros((B, 1, T, Lk), dtype=self.k[0].dtype, device=dev).masked_fill_(~allow.unsqueeze(1),
-                                                                                          float("-inf"))
+        # query (b, t) sees keys at positions ≤ its own position (its cached prefix and its pending tokens up to t),
+        # and in a sliding-window layer only the last `window` of them (HF: key > query − window).
+        # Additive masks, built once per step (a boolean mask would be converted in every layer).
+        dist = pos.unsqueeze(-1) - key_pos.view(1, 1, Lk)  # [B, T, Lk]
+        padded = (torch.arange(T, device=dev).unsqueeze(0) >= torch.tensor(lens, device=dev).unsqueeze(1))
+        masks: dict[int | None, torch.Tensor] = {}
+        for w in set(self.window):
+            allow = (dist >= 0) if w is None else (dist >= 0) & (dist < w)
+            allow |= padded.unsqueeze(-1)  # padding queries (discarded) see everything: no all-masked softmax rows
+            masks[w] = torch.zeros((B, 1, T, Lk), dtype=self.k[0].dtype, device=dev).masked_fill_(
+                ~allow.unsqueeze(1), float("-inf"))
         G = self.n_heads // self.n_kv
         slot_idx = torch.tensor(rows, dtype=torch.long, device=dev)
         all_rows = B == self.S and rows == list(range(self.S))
-        h = self.core.embed_tokens(ids)
-        cos, sin = self.core.rotary_emb(h, pos)
-        scale = self.head_dim**-0.5
+        h = self.core.embed_tokens(ids)  # Gemma's embedding module applies its √hidden scale itself
+        if self.rope_by_type:  # Gemma 3: a RoPE base per layer type (local 10k, global 1M)
+            rope = {t: self.core.rotary_emb(h, pos, t) for t in set(self.layer_types)}
+        else:
+            cs = self.core.rotary_emb(h, pos)
+            rope = {t: cs for t in set(self.layer_types)}
         valid = [(i, start[i], lens[i]) for i in range(B)]
         for li, layer in enumerate(self.core.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            q = attn.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+            k = attn.k_proj(x).view(B, T, self.n_kv, self.head_dim)
             v = attn.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            if hasattr(attn, "q_norm"):  # Qwen3 / Gemma 3: RMSNorm over each head's vector
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            cos, sin = rope[self.layer_types[li]]
+            q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             K, V = self.k[li], self.v[li]
             kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # [B, T, Hkv, D]
             if T == 1:
@@ -353,19 +379,25 @@ class SlotEngine:
                 Ks, Vs = K[:, :Lk], V[:, :Lk]
             else:
                 Ks, Vs = K[:, :Lk].index_select(0, slot_idx), V[:, :Lk].index_select(0, slot_idx)
-            # softmax(q·kᵀ/√d + mask)·v, query heads grouped over their shared KV head: [B, Hkv, G·T, D]
+            # softmax(q·kᵀ·scaling + mask)·v, query heads grouped over their shared KV head: [B, Hkv, G·T, D]
             qg = q.reshape(B, self.n_kv, G * T, self.head_dim)
-            att = torch.matmul(qg, Ks.permute(0, 2, 3, 1)) * scale  # [B, Hkv, G·T, Lk]
-            att = att.view(B, self.n_kv, G, T, Lk) + mask.unsqueeze(1)
+            att = torch.matmul(qg, Ks.permute(0, 2, 3, 1)) * attn.scaling  # [B, Hkv, G·T, Lk]
+            att = att.view(B, self.n_kv, G, T, Lk) + masks[self.window[li]].unsqueeze(1)
             att = torch.softmax(att, dim=-1).view(B, self.n_kv, G * T, Lk)
             o = torch.matmul(att, Vs.transpose(1, 2)).view(B, self.n_heads, T, self.head_dim)
-            o = o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-            h = h + attn.o_proj(o)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            o = attn.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+            if self.gemma_norms:
+                h = h + layer.post_attention_layernorm(o)
+                h = h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+            else:
+                h = h + o
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
         last = torch.tensor([n - 1 for n in lens], dtype=torch.long, device=dev)
         h_last = h[torch.arange(B, device=dev), last]
         h_last = self.core.norm(h_last)
         logits = self.base.lm_head(h_last)
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         for i, s in enumerate(rows):
             self.cached[s] = start[i] + lens[i]
             self.pending[s] = []
