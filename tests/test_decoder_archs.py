@@ -20,9 +20,9 @@ VOCAB = 300
 def _model(arch: str):
     import transformers as tf
 
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
-                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    common = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "pad_token_id": 0,
+                  "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": True}
     if arch == "llama":
         cfg = tf.LlamaConfig(**common)
         cls = tf.LlamaForCausalLM

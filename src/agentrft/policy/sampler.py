@@ -50,7 +50,7 @@ class TransformersSampler:
         self.tokens_generated = 0
         self.forward_passes = 0
 
-    def slot_engine(self, params: SamplingParams, *, slots: int) -> "SlotEngine | None":
+    def slot_engine(self, params: SamplingParams, *, slots: int) -> SlotEngine | None:
         """A continuous-batching engine over this sampler's model (None for architectures it does not cover;
         the agent loop then uses ``generate``)."""
         if not SlotEngine.supports(self.model):
