@@ -92,8 +92,9 @@ def stage_data(args: argparse.Namespace, st: State) -> dict[str, str]:
     data = Path(args.work) / "data"
     if not (data / "valid.jsonl").exists():
         paths = env.generate(data, seed=args.seed, n_train=args.n_train, n_valid=args.eval_rows,
-                             n_demos=args.sft_demos)
+                             n_demos=args.sft_demos, wrong_frac=args.wrong_frac, redundant_frac=args.redundant_frac)
         st.stage("data", env=args.env, n_train=args.n_train, n_valid=args.eval_rows, n_demos=args.sft_demos,
+                 wrong_frac=args.wrong_frac, redundant_frac=args.redundant_frac,
                  paths={k: str(v) for k, v in paths.items()})
     return {k: v for k, v in st.data["stages"]["data"]["paths"].items()}
 
@@ -143,7 +144,10 @@ def build_config(args: argparse.Namespace, model: str, paths: dict[str, str]):
             "max_episode_steps": max(1, args.max_turns - 1), "max_new_tokens": args.max_new_tokens,
             "max_context_tokens": args.max_context_tokens, "temperature": 1.0,
             "eval_temperature": args.eval_temperature, "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r},
-            "seed": args.seed, "keep_checkpoints": 2, "max_batch_trajectories": 16,
+            "seed": args.seed, "keep_checkpoints": 2,
+            # decoding Gemma on a CPU streams its 1 GB of weights per step (the 262k × 640 output layer alone is
+            # 671 MB), so a step costs about the same for 8 or 32 rows: decode every eval row at once
+            "max_batch_trajectories": max(args.eval_rows, args.batch_size * args.group_size),
         },
     }, base_dir=work, source="gemma_flywheel")
 
@@ -263,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=64)
     ap.add_argument("--eval-rows", type=int, default=16, help="validation rows (baseline and every eval)")
     ap.add_argument("--sft-demos", type=int, default=32)
+    ap.add_argument("--wrong-frac", type=float, default=0.2, help="share of demos with a wrong answer")
+    ap.add_argument("--redundant-frac", type=float, default=0.5, help="share of demos with redundant tool calls")
     ap.add_argument("--sft-epochs", type=int, default=1)
     ap.add_argument("--sft-batch-size", type=int, default=8)
     ap.add_argument("--sft-lr", type=float, default=1e-3)

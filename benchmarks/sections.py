@@ -145,6 +145,10 @@ def bench_update(cfg: dict[str, Any]) -> dict[str, Any]:
             trajs = _synthetic_trajs(cfg["n_seq"], cfg["seq_len"], c.vocab_size, 0)
             advs = [token_advantages(t) for t in trajs]
             tokens = sum(len(t.token_ids) for t in trajs)
+            # the learner runs the output layer only where a log-prob is needed (the positions predicting loss
+            # tokens), so its FLOPs count there only; every other linear runs at every token
+            n_head = model.get_output_embeddings().weight.numel()
+            head_tokens = sum(sum(t.loss_mask[1:]) for t in trajs)
             learner.rl_step(trajs[: cfg["micro_batch"]], advs[: cfg["micro_batch"]], eps_low=0.2, eps_high=0.28)
             times = []
             for _ in range(cfg["reps"]):
@@ -154,10 +158,12 @@ def bench_update(cfg: dict[str, Any]) -> dict[str, Any]:
             dt = min(times)
             mean_len = tokens / len(trajs)
             attn = 6.0 * c.num_hidden_layers * mean_len * c.hidden_size / 2 * 2  # causal QK^T and AV, fwd+bwd
-            per_tok = (6.0 if mode == "full" else 4.0) * n_mm + (attn if mode == "full" else attn * 2 / 3)
-            flops = per_tok * tokens
+            mult = 6.0 if mode == "full" else 4.0  # LoRA: no weight gradients for the frozen base
+            flops = (mult * (n_mm - n_head) + (attn if mode == "full" else attn * 2 / 3)) * tokens \
+                + mult * n_head * head_tokens
             res[f"{s}/{mode}"] = {
-                "params": n_all, "matmul_params": n_mm, "tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt,
+                "params": n_all, "matmul_params": n_mm, "head_params": n_head, "head_tokens": head_tokens,
+                "tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt,
                 "model_tflop": flops / 1e12, "achieved_gflops": flops / dt / 1e9, "mfu": flops / dt / 1e9 / peak,
                 "micro_batch": cfg["micro_batch"], "all_times_s": times,
             }

@@ -52,6 +52,8 @@ def test_update_section_runs_and_reports_mfu(tiny_model, tmp_path):
     for mode in ("full", "lora"):
         r = res[f"1M/{mode}"]
         assert r["tokens"] == 32 + 30 and r["seconds"] > 0
+        # the output layer's FLOPs count only at the positions the learner scores (the last 3/4 of each sequence)
+        assert r["head_tokens"] == (32 - 8) + (30 - 7)
         assert r["mfu"] == pytest.approx(r["achieved_gflops"] / 50.0)
     # LoRA's model FLOPs per token are 4N (no weight gradients), full fine-tuning's 6N
     assert res["1M/lora"]["model_tflop"] < res["1M/full"]["model_tflop"]

@@ -124,3 +124,38 @@ def test_learner_head_and_sampler_agree_on_each_architecture(arch):
                 assert abs(scored[s][i] - lp) < 1e-4
                 n += 1
     assert n > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_a_groups_shared_prompt_is_prefilled_once(arch):
+    """G rollouts of one prompt: the prompt's K/V is computed for one slot and copied to the others; each slot
+    then samples with its own generator and its log-probs are still the HF model's."""
+    model = _model(arch)
+    eng = SlotEngine(model, stop_ids=set(), pad_id=0, params=SamplingParams(max_new_tokens=5), slots=4)
+    forwarded: list[list[int]] = []
+    real = eng._forward
+
+    def spy(rows):
+        forwarded.append(list(rows))
+        return real(rows)
+
+    eng._forward = spy
+    prompt = torch.randint(3, VOCAB, (21,), generator=torch.Generator().manual_seed(3)).tolist()
+    other = prompt[:-1] + [7]  # same length, different last token: not shared
+    for s in range(3):
+        eng.feed(s, prompt, torch.Generator().manual_seed(s), 5)
+    eng.feed(3, other, torch.Generator().manual_seed(3), 5)
+    done = []
+    while eng.busy():
+        done += eng.step()
+    assert forwarded[0] == [0, 3]  # slots 1 and 2 copied slot 0's prompt
+    assert eng.cached[1] == eng.cached[0]
+    outs = dict(done)
+    assert len({tuple(outs[s].ids) for s in range(3)}) > 1  # own generators: the group's samples differ
+    for s in range(4):
+        seq = (other if s == 3 else prompt) + outs[s].ids
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+        n = len(prompt)
+        ref = [float(full[n - 1 + i, t]) for i, t in enumerate(outs[s].ids)]
+        assert outs[s].logprobs == pytest.approx(ref, abs=1e-4)

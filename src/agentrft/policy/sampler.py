@@ -269,8 +269,11 @@ class SlotEngine:
         rows = [s for s in rows if self.decoding[s]]
         if not rows:
             return finished
+        # (model.eval()/train() walk every module: only switch when needed — the agent loop puts the model in
+        # eval mode once per run)
         was_training = self.model.training
-        self.model.eval()
+        if was_training:
+            self.model.eval()
         try:
             # pre-fill rows (several pending tokens) and decode rows (one) run as separate forwards: padding a
             # decode row to a pre-fill's length would multiply its work by that length
@@ -285,10 +288,23 @@ class SlotEngine:
                 pre = []
             for s in pre:
                 self.waited[s] = 0
+            parts = []
+            if pre:
+                # a group's G rollouts start from the same prompt: pre-fill it once, copy its K/V to the others
+                leaders, follow = self._same_prompts(pre)
+                lead_logits = self._forward(leaders)
+                at = {s: i for i, s in enumerate(leaders)}
+                for f, lead in follow:
+                    self._copy_slot(lead, f)
+                parts.append(torch.cat([lead_logits, lead_logits[[at[lead] for _, lead in follow]]])
+                             if follow else lead_logits)
+                pre = leaders + [f for f, _ in follow]
+            if dec:
+                parts.append(self._forward(dec))
             rows = pre + dec
             if not rows:
                 return finished
-            logits = torch.cat([self._forward(g) for g in (pre, dec) if g])
+            logits = torch.cat(parts)
         finally:
             if was_training:
                 self.model.train()
@@ -314,6 +330,30 @@ class SlotEngine:
                 finished.append((s, Generation(self.out_ids[s], self.out_lp[s], "stop" if stop else "length",
                                                time.perf_counter() - self.t0[s])))
         return finished
+
+    def _same_prompts(self, rows: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Split fresh slots (nothing cached) with identical pending prompts into leaders, computed, and
+        ``(follower, leader)`` pairs whose K/V and logits are copied from the leader."""
+        leaders: list[int] = []
+        follow: list[tuple[int, int]] = []
+        first: dict[tuple[int, ...], int] = {}
+        for s in rows:
+            key = tuple(self.pending[s]) if self.cached[s] == 0 else None
+            if key is not None and key in first:
+                follow.append((s, first[key]))
+            else:
+                if key is not None:
+                    first[key] = s
+                leaders.append(s)
+        return leaders, follow
+
+    def _copy_slot(self, src: int, dst: int) -> None:
+        """Give slot ``dst`` the cached sequence of ``src`` (whose pending tokens were just computed)."""
+        n = self.cached[src]
+        for K, V in zip(self.k, self.v):
+            K[dst, :n] = K[src, :n]
+            V[dst, :n] = V[src, :n]
+        self.cached[dst], self.pending[dst] = n, []
 
     def _forward(self, rows: list[int]) -> torch.Tensor:
         """Logits of the last pending token of each row; writes the rows' pending tokens' K/V into their slots."""

@@ -97,7 +97,14 @@ class AgentLoop:
         if self.continuous and hasattr(self.sampler, "slot_engine"):
             engine = self.sampler.slot_engine(params, slots=min(self.max_batch, max(1, len(states))))
             if engine is not None:
-                return self._run_continuous(states, engine, on_done)
+                model = engine.model
+                was_training = model.training
+                model.eval()
+                try:
+                    return self._run_continuous(states, engine, on_done)
+                finally:
+                    if was_training:
+                        model.train()
         ready: deque[_State] = deque()
         waiting: list[_State] = []
         finished = 0
