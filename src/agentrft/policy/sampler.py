@@ -214,6 +214,7 @@ class SlotEngine:
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
 
     ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text")
+    use_sdpa = False
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -419,12 +420,17 @@ class SlotEngine:
                 Ks, Vs = K[:, :Lk], V[:, :Lk]
             else:
                 Ks, Vs = K[:, :Lk].index_select(0, slot_idx), V[:, :Lk].index_select(0, slot_idx)
-            # softmax(q·kᵀ·scaling + mask)·v, query heads grouped over their shared KV head: [B, Hkv, G·T, D]
-            qg = q.reshape(B, self.n_kv, G * T, self.head_dim)
-            att = torch.matmul(qg, Ks.permute(0, 2, 3, 1)) * attn.scaling  # [B, Hkv, G·T, Lk]
-            att = att.view(B, self.n_kv, G, T, Lk) + masks[self.window[li]].unsqueeze(1)
-            att = torch.softmax(att, dim=-1).view(B, self.n_kv, G * T, Lk)
-            o = torch.matmul(att, Vs.transpose(1, 2)).view(B, self.n_heads, T, self.head_dim)
+            if self.use_sdpa:
+                o = torch.nn.functional.scaled_dot_product_attention(
+                    q, Ks.transpose(1, 2), Vs.transpose(1, 2), attn_mask=masks[self.window[li]],
+                    scale=attn.scaling, enable_gqa=G > 1)
+            else:
+                # softmax(q·kᵀ·scaling + mask)·v, query heads grouped over their shared KV head: [B, Hkv, G·T, D]
+                qg = q.reshape(B, self.n_kv, G * T, self.head_dim)
+                att = torch.matmul(qg, Ks.permute(0, 2, 3, 1)) * attn.scaling  # [B, Hkv, G·T, Lk]
+                att = att.view(B, self.n_kv, G, T, Lk) + masks[self.window[li]].unsqueeze(1)
+                att = torch.softmax(att, dim=-1).view(B, self.n_kv, G * T, Lk)
+                o = torch.matmul(att, Vs.transpose(1, 2)).view(B, self.n_heads, T, self.head_dim)
             o = attn.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
             if self.gemma_norms:
                 h = h + layer.post_attention_layernorm(o)
