@@ -93,7 +93,8 @@ class AgentLoop:
         on_done: Callable[[Trajectory], None] | None = None,
     ) -> list[Trajectory]:
         """Roll out every task; returns trajectories in the order of ``tasks``."""
-        states = [self._start(t) for t in tasks]
+        prompts: dict[int, list[int]] = {}  # a group's G tasks share one row: render its prompt once
+        states = [self._start(t, prompts) for t in tasks]
         if self.continuous and hasattr(self.sampler, "slot_engine"):
             engine = self.sampler.slot_engine(params, slots=min(self.max_batch, max(1, len(states))))
             if engine is not None:
@@ -209,7 +210,7 @@ class AgentLoop:
         return [s.traj for s in states]
 
     # ---- steps -----------------------------------------------------------------------------------
-    def _start(self, task: RolloutTask) -> _State:
+    def _start(self, task: RolloutTask, prompts: dict[int, list[int]] | None = None) -> _State:
         row = task.row
         tools = row.tools if row.tools else (self.router.schemas() or None)
         allowed = set(row.tool_names) if row.tools else None
@@ -222,7 +223,12 @@ class AgentLoop:
             messages=[dict(m) for m in row.messages],
             checkpoint_id=self.checkpoint_id,
         )
-        ids = self.renderer.prompt_ids(row.messages, tools)
+        if prompts is not None and id(row) in prompts:
+            ids = prompts[id(row)]
+        else:
+            ids = self.renderer.prompt_ids(row.messages, tools)
+            if prompts is not None:
+                prompts[id(row)] = ids
         traj.token_ids, traj.loss_mask, traj.logprobs = list(ids), [0] * len(ids), [0.0] * len(ids)
         traj.prompt_len = len(ids)
         if len(ids) >= self.limits.max_context_tokens:
