@@ -160,6 +160,20 @@ def test_summary_has_the_required_keys_and_failed_sections_are_reported():
     assert "2.50×" in md and "graders: exit 1: boom" in md
 
 
+def test_grpo_rounds_pool_their_steps_and_report_each_ratio():
+    def steps(sec):
+        return [{"step": i, "seconds": sec, "reward": 0.5, "sampling_forward_s": sec / 2, "training_s": sec / 4,
+                 "grading_s": 0.0, "tool_s": 0.0, "overhead_s": sec / 4} for i in (1, 2, 3)]
+
+    raw = {"grpo_ours": {"steps": steps(2.0)}, "grpo_trl": {"steps": steps(5.0)},
+           "grpo_rounds": [{"ours": steps(1.0), "trl": steps(5.0)}]}
+    s = harness.summarize(raw)
+    assert s["grpo_step_speedup_by_round"] == [pytest.approx(2.5), pytest.approx(5.0)]
+    assert s["grpo_step_seconds"]["ours"] == pytest.approx(1.5)  # median of 2, 2, 1, 1 (each round's first dropped)
+    assert s["grpo_step_speedup_vs_trl"] == pytest.approx(5.0 / 1.5)
+    assert s["framework_overhead_share"] == pytest.approx(0.25)
+
+
 @pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path):
     """`python -m benchmarks --quick` writes both files with every required key (TRL needed)."""

@@ -159,3 +159,31 @@ def test_a_groups_shared_prompt_is_prefilled_once(arch):
         n = len(prompt)
         ref = [float(full[n - 1 + i, t]) for i, t in enumerate(outs[s].ids)]
         assert outs[s].logprobs == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3_text"])
+def test_idle_and_finished_slots_do_not_change_the_active_ones(arch):
+    """Slots that idle (never fed, or waiting on tools) or finish early: the engine attends over every slot in
+    place when at least half decode, gathers the active ones otherwise — both give the HF model's log-probs."""
+    model = _model(arch)
+    eng = SlotEngine(model, stop_ids=set(), pad_id=0, params=SamplingParams(max_new_tokens=9), slots=6)
+
+    g = torch.Generator().manual_seed(5)
+    prompts = {s: torch.randint(3, VOCAB, (n,), generator=g).tolist() for s, n in ((0, 9), (2, 14), (3, 4), (5, 11))}
+    limits = {0: 9, 2: 3, 3: 6, 5: 1}  # slots 1 and 4 never used; the others end at different steps
+    for s, p in prompts.items():
+        eng.feed(s, p, torch.Generator().manual_seed(s), limits[s])
+    done = {}
+    paths: list[str] = []
+    while eng.busy():
+        active = sum(eng.decoding)
+        paths.append("wide" if 2 * active >= eng.S and active < eng.S else "gather")
+        done.update(dict(eng.step()))
+    assert "wide" in paths and paths[-1] == "gather"  # 4, 3 of 6 active (in place); at the end 1 of 6 (gathered)
+    for s, p in prompts.items():
+        gen = done[s]
+        assert len(gen.ids) == limits[s]
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=torch.tensor([p + gen.ids])).logits[0].float(), -1)
+        ref = [float(full[len(p) - 1 + i, t]) for i, t in enumerate(gen.ids)]
+        assert gen.logprobs == pytest.approx(ref, abs=1e-4), (arch, s)

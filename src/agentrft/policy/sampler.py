@@ -214,9 +214,6 @@ class SlotEngine:
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
 
     ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text")
-    # torch's fused attention for pre-fills (T > 1): measured 25–50% faster pre-fills at 1M/10M; for single-token
-    # decode steps the explicit grouped matmuls were as fast or faster (benchmarks: docs/benchmarks.md)
-    sdpa_prefill = True
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -236,12 +233,14 @@ class SlotEngine:
         while cap < need:
             cap *= 2
         p = next(self.model.parameters())
-        shape = (self.S, cap, self.n_kv, self.head_dim)
+        # [slot, kv head, position, head dim]: a slot's keys for one head are contiguous rows, so attention reads
+        # K[:, :, :L] as a strided view (no copy) and BLAS takes its transpose as is
+        shape = (self.S, self.n_kv, cap, self.head_dim)
         newk = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(self.n_layers)]
         newv = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(self.n_layers)]
         for i in range(len(self.k)):
-            newk[i][:, : self.cap] = self.k[i]
-            newv[i][:, : self.cap] = self.v[i]
+            newk[i][:, :, : self.cap] = self.k[i]
+            newv[i][:, :, : self.cap] = self.v[i]
         self.k, self.v, self.cap = newk, newv, cap
 
     def feed(self, slot: int, ids: list[int], gen: torch.Generator, limit: int) -> None:
@@ -354,8 +353,8 @@ class SlotEngine:
         """Give slot ``dst`` the cached sequence of ``src`` (whose pending tokens were just computed)."""
         n = self.cached[src]
         for K, V in zip(self.k, self.v):
-            K[dst, :n] = K[src, :n]
-            V[dst, :n] = V[src, :n]
+            K[dst, :, :n] = K[src, :, :n]
+            V[dst, :, :n] = V[src, :, :n]
         self.cached[dst], self.pending[dst] = n, []
 
     def _forward(self, rows: list[int]) -> torch.Tensor:
@@ -392,6 +391,13 @@ class SlotEngine:
         G = self.n_heads // self.n_kv
         slot_idx = torch.tensor(rows, dtype=torch.long, device=dev)
         all_rows = B == self.S and rows == list(range(self.S))
+        # decode with most slots active: attend over every slot's cache in place (the queries of idle slots are
+        # zeros, their outputs dropped) rather than gathering the active slots' K/V — that copy was ~40% of a
+        # decode step at 1M params / 32 slots
+        wide = T == 1 and not all_rows and 2 * B >= self.S
+        if wide:
+            masks = {w: torch.zeros((self.S, 1, 1, Lk), dtype=m.dtype, device=dev).index_copy_(0, slot_idx, m)
+                     for w, m in masks.items()}
         h = self.core.embed_tokens(ids)  # Gemma's embedding module applies its √hidden scale itself
         if self.rope_by_type:  # Gemma 3: a RoPE base per layer type (local 10k, global 1M)
             rope = {t: self.core.rotary_emb(h, pos, t) for t in set(self.layer_types)}
@@ -409,30 +415,28 @@ class SlotEngine:
                 q, k = attn.q_norm(q), attn.k_norm(k)
             cos, sin = rope[self.layer_types[li]]
             q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-            K, V = self.k[li], self.v[li]
-            kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # [B, T, Hkv, D]
+            K, V = self.k[li], self.v[li]  # [S, Hkv, cap, D]; k, v: [B, Hkv, T, D]
             if T == 1:
-                K[slot_idx, st] = kt[:, 0]
-                V[slot_idx, st] = vt[:, 0]
+                K[slot_idx, :, st] = k[:, :, 0]
+                V[slot_idx, :, st] = v[:, :, 0]
             else:
                 for i, a, n in valid:
-                    K[rows[i], a : a + n] = kt[i, :n]
-                    V[rows[i], a : a + n] = vt[i, :n]
-            if all_rows:
-                Ks, Vs = K[:, :Lk], V[:, :Lk]
+                    K[rows[i], :, a : a + n] = k[i, :, :n]
+                    V[rows[i], :, a : a + n] = v[i, :, :n]
+            if all_rows or wide:
+                Ks, Vs = K[:, :, :Lk], V[:, :, :Lk]
             else:
-                Ks, Vs = K[:, :Lk].index_select(0, slot_idx), V[:, :Lk].index_select(0, slot_idx)
-            if T > 1 and self.sdpa_prefill:
-                o = torch.nn.functional.scaled_dot_product_attention(
-                    q, Ks.transpose(1, 2), Vs.transpose(1, 2), attn_mask=masks[self.window[li]],
-                    scale=attn.scaling, enable_gqa=G > 1)
-            else:
-                # softmax(q·kᵀ·scaling + mask)·v, query heads grouped over their shared KV head: [B, Hkv, G·T, D]
-                qg = q.reshape(B, self.n_kv, G * T, self.head_dim)
-                att = torch.matmul(qg, Ks.permute(0, 2, 3, 1)) * attn.scaling  # [B, Hkv, G·T, Lk]
-                att = att.view(B, self.n_kv, G, T, Lk) + masks[self.window[li]].unsqueeze(1)
-                att = torch.softmax(att, dim=-1).view(B, self.n_kv, G * T, Lk)
-                o = torch.matmul(att, Vs.transpose(1, 2)).view(B, self.n_heads, T, self.head_dim)
+                Ks, Vs = K[:, :, :Lk].index_select(0, slot_idx), V[:, :, :Lk].index_select(0, slot_idx)
+            qq = q.new_zeros((self.S, *q.shape[1:])).index_copy_(0, slot_idx, q) if wide else q
+            Bq = qq.shape[0]
+            # softmax(q·kᵀ·scaling + mask)·v, query heads grouped over their shared KV head: [B, Hkv, G·T, D]
+            qg = qq.reshape(Bq, self.n_kv, G * T, self.head_dim)
+            att = torch.matmul(qg, Ks.transpose(-1, -2)) * attn.scaling  # [B, Hkv, G·T, Lk]
+            att = att.view(Bq, self.n_kv, G, T, Lk) + masks[self.window[li]].unsqueeze(1)
+            att = torch.softmax(att, dim=-1).view(Bq, self.n_kv, G * T, Lk)
+            o = torch.matmul(att, Vs).view(Bq, self.n_heads, T, self.head_dim)
+            if wide:
+                o = o.index_select(0, slot_idx)
             o = attn.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
             if self.gemma_norms:
                 h = h + layer.post_attention_layernorm(o)
