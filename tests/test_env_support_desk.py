@@ -300,8 +300,11 @@ def test_through_the_tool_router_with_approval(data):
                 assert router.end_rollout(ctx) == [] and not os.path.exists(copy)
             else:
                 assert c.status == "refused" and STATE_KEY not in ctx.state
+            bad_ctx = _ctx(deny_row, shared.parent, f"trace_router_bad_{approval}")
             bad = router.execute(ToolCall("c2", "refund_order", json.dumps({"order_id": deny_row["order_id"]})),
-                                 _ctx(deny_row, shared.parent))
+                                 bad_ctx)
+            copy = bad_ctx.state.get(STATE_KEY)  # with approval "allow" the refund ran on this rollout's copy
+            assert router.end_rollout(bad_ctx) == [] and not (copy and os.path.exists(copy))
             msgs = deny_row["messages"] + [
                 {"role": "assistant", "content": "", "tool_calls": [bad.as_openai()]},
                 {"role": "tool", "tool_call_id": "c2", "content": bad.output},
