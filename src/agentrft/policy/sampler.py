@@ -176,6 +176,8 @@ class SlotEngine:
     teacher-forced log-probs agree to float32 rounding (tests/test_token_exact.py checks ≤ 1e-4).
     """
 
+    ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text")  # HF model_type values this engine runs
+
     def __init__(self, model: Any, *, stop_ids: set[int], pad_id: int, params: SamplingParams, slots: int,
                  owner: Any = None):
         from peft import PeftModel
@@ -212,8 +214,6 @@ class SlotEngine:
         self.rope_by_type = "layer_type" in inspect.signature(self.core.rotary_emb.forward).parameters
         self.gemma_norms = hasattr(layers[0], "pre_feedforward_layernorm")  # norm after attention and after MLP
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
-
-    ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text")
 
     @staticmethod
     def supports(model: Any) -> bool:
