@@ -65,6 +65,7 @@ class FaultyHandler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:  # noqa: N802
+        self._reply: tuple[int, bytes, str] | None = None
         n = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(n)
         try:
@@ -72,6 +73,7 @@ class FaultyHandler(BaseHTTPRequestHandler):
             call_id = p["call_id"]
         except (ValueError, KeyError, TypeError):
             self._send(400, b'{"output": "bad request"}')
+            self._flush_reply()
             return
         srv = self.server
         with srv.lock:  # type: ignore[attr-defined]
@@ -79,9 +81,17 @@ class FaultyHandler(BaseHTTPRequestHandler):
         parts = self.path.strip("/").split("/")
         mode, args = parts[0], parts[1:]
         outcome = self._act(mode, args, p, call_id, k)
+        # the attempt is recorded *before* a buffered reply goes out: a client that got its answer must find the
+        # attempt in the record (recording after the write raced with the test's next line on a busy machine)
         with srv.lock:  # type: ignore[attr-defined]
             srv.attempts[call_id].append(outcome)  # type: ignore[attr-defined]
             srv.log.append((self.path, call_id, outcome))  # type: ignore[attr-defined]
+        try:
+            self._flush_reply()
+        except OSError:  # the client hung up before the answer (e.g. its timeout passed)
+            with srv.lock:  # type: ignore[attr-defined]
+                srv.attempts[call_id][-1] = "client_gone"  # type: ignore[attr-defined]
+                srv.log[-1] = (self.path, call_id, "client_gone")  # type: ignore[attr-defined]
 
     def _ok(self, p: dict, output: str | None = None) -> str:
         out = output if output is not None else json.dumps({"echo": json.loads(p["arguments"]), "trace_id": p["trace_id"]})
@@ -128,10 +138,7 @@ class FaultyHandler(BaseHTTPRequestHandler):
             return "500"
         if mode == "slow":
             time.sleep(float(args[0]))
-            try:
-                return self._ok(p)
-            except OSError:
-                return "client_gone"
+            return self._ok(p)  # "client_gone" if writing it fails (do_POST)
         if mode == "trickle":
             body = json.dumps({"type": "function_call_output", "call_id": call_id, "output": "slowly"}).encode()
             self.send_response(200)
@@ -191,6 +198,14 @@ class FaultyHandler(BaseHTTPRequestHandler):
         return "unknown_mode"
 
     def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        """Buffer a reply; ``do_POST`` writes it once the attempt is recorded."""
+        self._reply = (code, body, ctype)
+
+    def _flush_reply(self) -> None:
+        if self._reply is None:
+            return
+        code, body, ctype = self._reply
+        self._reply = None
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
