@@ -10,11 +10,17 @@ from http.server import ThreadingHTTPServer
 from typing import Any, Iterator
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a burst of concurrent tool calls (16 rollouts at once) overflowed it, the
+    # kernel dropped the extra connects and the client's 0.7 s connect timeout fired before the SYN was retried
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @contextlib.contextmanager
 def run_http_server(handler_cls: type, **attrs: Any) -> Iterator[tuple[str, ThreadingHTTPServer]]:
     """Serve ``handler_cls`` on 127.0.0.1:<free port>; yields (base URL, server). Extra attrs go on the server."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-    srv.daemon_threads = True
+    srv = _Server(("127.0.0.1", 0), handler_cls)
     for k, v in attrs.items():
         setattr(srv, k, v)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
