@@ -158,8 +158,8 @@ def test_real_sampler_rollouts_are_what_the_learner_trains_on(sft_lookup_model, 
     # And the tensors rl_step feeds the model are exactly the trajectories' ids; the loss mask is the sampled mask.
     # (the learner runs the decoder and applies the output layer at loss positions only, so the ids enter there)
     seen: list[torch.Tensor] = []
-    hook = learner.model.get_decoder().register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"].clone()),
-                                                   with_kwargs=True)
+    hook = learner.model.get_decoder().register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(kw["input_ids"].clone()), with_kwargs=True)
     for k, t in enumerate(trajs):
         t.advantage = 1.0 if k % 2 else -1.0
     stats = learner.rl_step(trajs, [token_advantages(t) for t in trajs], eps_low=0.2, eps_high=0.2)

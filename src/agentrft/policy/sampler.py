@@ -293,14 +293,14 @@ class SlotEngine:
             parts = []
             if pre:
                 # a group's G rollouts start from the same prompt: pre-fill it once, copy its K/V to the others
-                leaders, follow = self._same_prompts(pre)
+                leader = self._prompt_leaders(pre)
+                leaders = [s for s in pre if leader[s] == s]
                 lead_logits = self._forward(leaders)
                 at = {s: i for i, s in enumerate(leaders)}
-                for f, lead in follow:
-                    self._copy_slot(lead, f)
-                parts.append(torch.cat([lead_logits, lead_logits[[at[lead] for _, lead in follow]]])
-                             if follow else lead_logits)
-                pre = leaders + [f for f, _ in follow]
+                for s in pre:
+                    if leader[s] != s:
+                        self._copy_slot(leader[s], s)
+                parts.append(lead_logits[[at[leader[s]] for s in pre]])
             if dec:
                 parts.append(self._forward(dec))
             rows = pre + dec
@@ -333,21 +333,11 @@ class SlotEngine:
                                                time.perf_counter() - self.t0[s])))
         return finished
 
-    def _same_prompts(self, rows: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
-        """Split fresh slots (nothing cached) with identical pending prompts into leaders, computed, and
-        ``(follower, leader)`` pairs whose K/V and logits are copied from the leader."""
-        leaders: list[int] = []
-        follow: list[tuple[int, int]] = []
+    def _prompt_leaders(self, rows: list[int]) -> dict[int, int]:
+        """For each row, the first row with the same pending prompt among the fresh slots (nothing cached) — the
+        one whose pre-fill it shares; itself when it is the first or has a cached prefix."""
         first: dict[tuple[int, ...], int] = {}
-        for s in rows:
-            key = tuple(self.pending[s]) if self.cached[s] == 0 else None
-            if key is not None and key in first:
-                follow.append((s, first[key]))
-            else:
-                if key is not None:
-                    first[key] = s
-                leaders.append(s)
-        return leaders, follow
+        return {s: first.setdefault(tuple(self.pending[s]), s) if self.cached[s] == 0 else s for s in rows}
 
     def _copy_slot(self, src: int, dst: int) -> None:
         """Give slot ``dst`` the cached sequence of ``src`` (whose pending tokens were just computed)."""

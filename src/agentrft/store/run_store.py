@@ -300,12 +300,11 @@ class RunStore:
         with self._write() as s:
             if s.get(Run, run_id) is None:
                 raise RunNotFound(f"record_step: no run with id {run_id!r}")
-            # replacing is the rare case (a resumed step); checking first skips five DELETEs on every new step
+            # replacing is the rare case (a resumed step); checking first skips five DELETEs on every new step.
+            # Trajectories are only ever written here, with their Step row in the same transaction, and deleted
+            # with it: the Step row alone says whether this (run, step, split) was recorded.
             recorded = s.execute(select(Step.id).where(Step.run_id == run_id, Step.step == step,
-                                                       Step.split == split).limit(1)).first() \
-                or s.execute(select(TrajectoryRow.trace_id).where(TrajectoryRow.run_id == run_id,
-                                                                  TrajectoryRow.step == step,
-                                                                  TrajectoryRow.split == split).limit(1)).first()
+                                                       Step.split == split).limit(1)).first()
             if recorded:
                 self._delete_where(s, run_id, (TrajectoryRow.step == step) & (TrajectoryRow.split == split),
                                    (Step.step == step) & (Step.split == split), None)
