@@ -100,8 +100,13 @@ def test_idle_ttl_cleanup():
     with run_uvicorn(app) as url:
         b = client_for(url)
         t = new_trace_id()
+        t0 = time.monotonic()
         b.call("add_item", {"name": "apple"}, ctx(t), 5)
-        assert httpx.get(url + "/traces").json()["traces"] == [t]
+        listed = httpx.get(url + "/traces").json()["traces"]
+        # On a loaded runner the call and the listing can take longer than the TTL (CI saw []): the trace being
+        # listed is only asserted while it cannot have expired yet; the close below proves it existed either way.
+        if time.monotonic() - t0 < 0.3:
+            assert listed == [t]
         deadline = time.monotonic() + 5
         while t not in CLOSED and time.monotonic() < deadline:
             time.sleep(0.05)
