@@ -14,9 +14,11 @@ Definitions used throughout (the figures in docs/benchmarks.md follow them):
   (same parser, same renderer, same tool) with ``model.generate`` as the decoder: at each turn every unfinished
   trajectory's full token prefix is left-padded into one batch and decoded to the end-of-turn token.
 * **GRPO step** — wall time of one optimizer step including rollouts, tools, grading, advantages, the update and
-  (ours) recording every trajectory in the SQLite store. Median over steps after the first (warm-up).
+  (ours) recording every trajectory in the SQLite store and writing the resume checkpoint when one is due
+  (default: every 60 s and at the end; TRL's run saves none). Median over steps after the first (warm-up).
 * **Framework overhead** — step wall time minus model compute (every model forward, timed by hooks, plus the
-  learner's update), minus tool execution and grading: what the framework's own Python costs.
+  learner's update), minus tool execution and grading: what the framework's own Python (and its checkpoint
+  writes) costs.
 """
 
 from __future__ import annotations
@@ -402,6 +404,14 @@ def bench_grpo_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         return m
 
     tr._train_step = timed_step  # type: ignore[method-assign]
+    orig_save = tr._save_latest  # noqa: SLF001
+
+    def timed_save(step: int) -> None:  # a resume checkpoint (every save_interval_s, and at the end) is part of a step
+        t = time.perf_counter()
+        orig_save(step)
+        step_s[step] = step_s.get(step, 0.0) + time.perf_counter() - t
+
+    tr._save_latest = timed_save  # type: ignore[method-assign]
     t0 = time.perf_counter()
     try:
         tr._train()  # noqa: SLF001

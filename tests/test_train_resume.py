@@ -3,6 +3,7 @@ trajectories recorded exactly once."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 import lookup_task
@@ -19,7 +21,7 @@ from agentrft.store import RunStore
 TESTS = Path(__file__).parent
 
 
-def _config(tmp: Path, model: Path, files: dict[str, Path], steps: int) -> Path:
+def _config(tmp: Path, model: Path, files: dict[str, Path], steps: int, save_interval_s: float = 0.0) -> Path:
     cfg = {
         "name": "resume-test",
         "model": str(model),
@@ -31,6 +33,7 @@ def _config(tmp: Path, model: Path, files: dict[str, Path], steps: int) -> Path:
         "hyperparameters": {
             "max_steps": steps, "batch_size": 2, "group_size": 2, "eval_interval": 3, "eval_samples": 1,
             "max_new_tokens": 12, "max_turns": 2, "learning_rate": 1e-3, "seed": 3, "keep_checkpoints": 2,
+            "save_interval_s": save_interval_s,  # 0: `latest` after every step, so the kill lands between saves
         },
     }
     p = tmp / "config.yaml"
@@ -95,3 +98,29 @@ def test_kill_and_resume(tiny_model, tmp_path):
     assert state["step"] == 6
     kept = [c for c in st.checkpoints(run_id) if c["kept"]]
     assert len(kept) == 2 and all(Path(c["path"]).exists() for c in kept)
+
+
+@pytest.mark.parametrize("interval, saved", [(0.0, [1, 2, 3, 4, 5]), (3600.0, [2, 4, 5])])
+def test_latest_is_saved_after_evals_at_the_end_and_by_interval(tiny_model, tmp_path, monkeypatch, interval, saved):
+    """``latest`` is written after each eval and at the end; between them only once ``save_interval_s`` passed."""
+    from agentrft.config import load_config
+    from agentrft.rl.trainer import Trainer, train
+
+    files = lookup_task.write_task(tmp_path / "data", n_train=8, n_valid=2, n_demos=1)
+    cfg = load_config(_config(tmp_path, tiny_model, files, steps=5, save_interval_s=interval))
+    cfg.hyperparameters.eval_interval = 2
+    steps: list[int] = []
+    frozen: list[int] = []
+    orig = Trainer._save_latest
+
+    def spy(self, step: int) -> None:
+        steps.append(step)
+        frozen.append(gc.get_freeze_count())  # agentrft.heap: the loaded model etc. are out of the collector's way
+        orig(self, step)
+
+    monkeypatch.setattr(Trainer, "_save_latest", spy)
+    run_id = train(cfg, progress=False)
+    assert steps == saved
+    assert min(frozen) > 10_000 and gc.get_freeze_count() == 0
+    state = json.loads((tmp_path / "runs" / run_id / "latest" / "trainer_state.json").read_text())
+    assert state["step"] == 5

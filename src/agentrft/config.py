@@ -70,6 +70,8 @@ class Hyperparameters(_Strict):
     lora: LoraConfig | None = Field(default_factory=LoraConfig, description="null for full fine-tuning")
     seed: int = 0
     keep_checkpoints: int = Field(3, ge=1)
+    save_interval_s: float = Field(60.0, ge=0, description="seconds between resume checkpoints (`latest`); also "
+                                   "saved after each eval, at the end and on pause; 0 = every step")
     tool_timeout_s: float = Field(30.0, gt=0)
     tool_workers: int = Field(16, ge=1)
     max_batch_trajectories: int = Field(64, ge=1, description="trajectories decoded together")

@@ -10,6 +10,7 @@ from agentrft.config import RunConfig
 from agentrft.data import load_dataset
 from agentrft.evals.evaluate import evaluate
 from agentrft.graders.base import build_grader
+from agentrft.heap import long_lived_objects_frozen
 from agentrft.policy.learner import load_model_and_tokenizer
 from agentrft.policy.sampler import SamplingParams, TransformersSampler
 from agentrft.progress import TrainProgress
@@ -42,7 +43,7 @@ class EvalSession:
 
     def evaluate(self, rows: list[Any], *, samples: int, split: str, data_dir: str, progress: bool = True,
                  console: Any = None):
-        with TrainProgress(0, enabled=progress, console=console) as prog:
+        with long_lived_objects_frozen(), TrainProgress(0, enabled=progress, console=console) as prog:
             prog.start_rollouts(len(rows) * samples, f"eval {split}")
             return evaluate(self.loop, rows, self.grader, samples=samples, params=self.params,
                             seed=self.cfg.hyperparameters.seed, split=split, holdouts=self.holdouts,

@@ -10,11 +10,13 @@ One step:
 5. record the step — metrics and every trajectory with its tool calls and grades — in one store transaction;
 6. every ``eval_interval`` steps (and at the end): evaluate on the validation set, save an eval checkpoint,
    keep the best ``keep_checkpoints`` by validation reward;
-7. save the resume checkpoint (``latest``) atomically.
+7. save the resume checkpoint (``latest``) atomically — after an eval, at the end, on pause, and otherwise once
+   ``save_interval_s`` has passed since the last save (writing weights and optimizer state every step cost
+   ~10% of a small model's step: 30 ms of 0.27 s at 1M parameters, 0.29 s at 30M).
 
 Resume: ``latest`` holds weights, optimizer, RNG, data cursor and step s; the store's records after s (written
-by a step whose checkpoint never landed) are deleted, and training continues at s + 1 — no duplicated or
-missing trajectories.
+by steps whose checkpoint never landed, at most ``save_interval_s`` of work) are deleted, and training
+continues at s + 1 — no duplicated or missing trajectories.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from agentrft.data import Row, load_datasets
 from agentrft.evals.evaluate import evaluate, grade_trajectories
 from agentrft.evals.metrics import agent_metrics
 from agentrft.graders.base import build_grader
+from agentrft.heap import long_lived_objects_frozen
 from agentrft.policy.learner import Learner, load_model_and_tokenizer
 from agentrft.policy.sampler import SamplingParams, TransformersSampler
 from agentrft.rl.advantages import assign_advantages, token_advantages, turn_baselines
@@ -187,7 +190,10 @@ class Trainer:
     def _train(self) -> None:
         from agentrft.progress import TrainProgress
 
-        with TrainProgress(self.total_steps, enabled=self.progress, console=self.console) as prog:
+        self._last_save = time.monotonic()
+        self._saved_step = self.start_step - 1 if self.start_step > 1 else None  # the step `latest` holds
+        with long_lived_objects_frozen(), \
+                TrainProgress(self.total_steps, enabled=self.progress, console=self.console) as prog:
             prog.advance_to(self.start_step - 1)
             if self.start_step == 1 and self.valid_rows:
                 self._eval(0, prog)
@@ -195,9 +201,12 @@ class Trainer:
                     return
             for step in range(self.start_step, self.total_steps + 1):
                 metrics = self._train_step(step, prog)
-                if self.valid_rows and (step % self.hp.eval_interval == 0 or step == self.total_steps):
+                evaluated = bool(self.valid_rows) and (step % self.hp.eval_interval == 0 or step == self.total_steps)
+                if evaluated:
                     self._eval(step, prog)  # its wall time is recorded as time/eval on the valid row
-                self._save_latest(step)
+                if (evaluated or step == self.total_steps
+                        or time.monotonic() - self._last_save >= self.hp.save_interval_s):
+                    self._save_latest(step)
                 prog.step_done(step, metrics)
                 if self._pause_if_alerted(step):
                     return
@@ -210,8 +219,8 @@ class Trainer:
             self._say(f"[monitor] step {step} {a.split}: {a.signal}: {a.message}")
         if not self.monitor.should_pause(alerts) or step >= self.total_steps:
             return False
-        if step == 0:
-            self._save_latest(0)
+        if self._saved_step != step:
+            self._save_latest(step)
         self.paused = True
         self._say(f"run paused at step {step} on monitor alerts (resume with --resume {self.run_id})")
         return True
@@ -299,6 +308,7 @@ class Trainer:
 
     def _save_latest(self, step: int) -> None:
         self.learner.save(self.run_dir / "latest", self.tokenizer, self._state(step))
+        self._saved_step, self._last_save = step, time.monotonic()
 
     def _save_eval_checkpoint(self, step: int, ckpt_id: str, m: dict[str, Any]) -> None:
         path = self.run_dir / "checkpoints" / f"step-{step:06d}"
