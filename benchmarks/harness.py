@@ -71,7 +71,7 @@ def _settings(quick: bool) -> dict[str, Any]:
                 "rollout_sizes": ["1M"], "rollout_plan": {"1M": [4]}, "rollout_reps": 1, "max_new_tokens": 16,
                 "grpo": {"size": "1M", "steps": 2, "prompts": 1, "group": 2, "lr": 1e-4, "max_new_tokens": 16},
                 "graders": {"n": 500, "python_n": 50}, "tools_http": {"seconds": 0.5}}
-    return {"sizes": ["1M", "10M", "30M"], "n_seq": 8, "seq_len": 256, "micro_batch": 8, "reps": 1, "sft_epochs": 8,
+    return {"sizes": ["1M", "10M", "30M"], "n_seq": 8, "seq_len": 256, "micro_batch": 8, "reps": 3, "sft_epochs": 8,
             "rollout_sizes": ["1M", "10M"], "rollout_plan": {"1M": [8, 32], "10M": [16]}, "rollout_reps": 2,
             "max_new_tokens": 48,
             "grpo": {"size": "1M", "steps": 16, "prompts": 2, "group": 4, "lr": 3e-4, "max_new_tokens": 48,

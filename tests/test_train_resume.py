@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,3 +125,32 @@ def test_latest_is_saved_after_evals_at_the_end_and_by_interval(tiny_model, tmp_
     assert min(frozen) > 10_000 and gc.get_freeze_count() == 0
     state = json.loads((tmp_path / "runs" / run_id / "latest" / "trainer_state.json").read_text())
     assert state["step"] == 5
+
+
+def test_a_failed_background_step_record_fails_the_run(tiny_model, tmp_path, monkeypatch):
+    """Train-step records are written by a background thread; a write that fails fails the run (at the latest
+    when the next step's record is handed over), with the original error, and nothing after it is recorded."""
+    from agentrft.config import load_config
+    from agentrft.rl.trainer import train
+    from agentrft.store import RunStore as Store
+
+    files = lookup_task.write_task(tmp_path / "data", n_train=8, n_valid=2, n_demos=1)
+    cfg = load_config(_config(tmp_path, tiny_model, files, steps=5, save_interval_s=3600.0))
+    orig = Store.record_step
+    threads: set[str] = set()
+
+    def flaky(self, run_id, step, split, metrics, trajs):  # noqa: ANN001
+        if split == "train":
+            threads.add(threading.current_thread().name)
+            if step == 2:
+                raise OSError("disk full")
+        return orig(self, run_id, step, split, metrics, trajs)
+
+    monkeypatch.setattr(Store, "record_step", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg, progress=False)
+    st = Store("sqlite:///" + str(tmp_path / "runs" / "agentrft.db"))
+    run = st.list_runs()[0]
+    assert run["status"] == "failed"
+    assert [m["step"] for m in st.step_metrics(run["id"], split="train")] == [1]
+    assert threads and all(t.startswith("agentrft-store") for t in threads)

@@ -7,7 +7,8 @@ One step:
 3. grade them (reward = the configured grader's score; holdout graders are recorded beside it);
 4. compute group advantages, skip zero-variance groups and dropped rollouts, and take ``mini_batches``
    optimizer steps of the clipped policy loss;
-5. record the step — metrics and every trajectory with its tool calls and grades — in one store transaction;
+5. record the step — metrics and every trajectory with its tool calls and grades — in one store transaction,
+   written by a background thread while the next step rolls out (evals and checkpoints wait for it);
 6. every ``eval_interval`` steps (and at the end): evaluate on the validation set, save an eval checkpoint,
    keep the best ``keep_checkpoints`` by validation reward;
 7. save the resume checkpoint (``latest``) atomically — after an eval, at the end, on pause, and otherwise once
@@ -26,6 +27,7 @@ import math
 import random
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,11 @@ class Trainer:
         self.grader = build_grader(cfg.grader)
         self.holdouts = {name: build_grader({"name": name, **spec}) for name, spec in cfg.holdout_graders.items()}
         self.store = RunStore(cfg.store_url)
+        # a train step's record (one transaction, ~8 ms for 8 trajectories at 1M parameters) is written by this
+        # thread while the next step rolls out; at most one is in flight, and evals, checkpoints and the end of
+        # the run wait for it, so a `latest` checkpoint at step s always comes after the records up to s
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="agentrft-store")
+        self._write: Future | None = None
         from agentrft.evals.monitors import Monitor, replay_state
 
         self.monitor = Monitor(cfg.monitors, holdout_names=[g.name for g in self.holdouts.values()])
@@ -184,6 +191,7 @@ class Trainer:
             raise
         finally:
             self.router.close()
+            self._writer.shutdown(wait=True)
         self.store.set_status(self.run_id, "paused" if self.paused else "succeeded")
         return self.run_id
 
@@ -194,22 +202,42 @@ class Trainer:
         self._saved_step = self.start_step - 1 if self.start_step > 1 else None  # the step `latest` holds
         with long_lived_objects_frozen(), \
                 TrainProgress(self.total_steps, enabled=self.progress, console=self.console) as prog:
-            prog.advance_to(self.start_step - 1)
-            if self.start_step == 1 and self.valid_rows:
-                self._eval(0, prog)
-                if self._pause_if_alerted(0):
-                    return
-            for step in range(self.start_step, self.total_steps + 1):
-                metrics = self._train_step(step, prog)
-                evaluated = bool(self.valid_rows) and (step % self.hp.eval_interval == 0 or step == self.total_steps)
-                if evaluated:
-                    self._eval(step, prog)  # its wall time is recorded as time/eval on the valid row
-                if (evaluated or step == self.total_steps
-                        or time.monotonic() - self._last_save >= self.hp.save_interval_s):
-                    self._save_latest(step)
-                prog.step_done(step, metrics)
-                if self._pause_if_alerted(step):
-                    return
+            try:
+                self._loop(prog)
+            except BaseException:
+                self._flush_writes(raise_errors=False)  # the step that failed is not recorded; the one before is
+                raise
+            self._flush_writes()
+
+    def _loop(self, prog: Any) -> None:
+        prog.advance_to(self.start_step - 1)
+        if self.start_step == 1 and self.valid_rows:
+            self._eval(0, prog)
+            if self._pause_if_alerted(0):
+                return
+        for step in range(self.start_step, self.total_steps + 1):
+            metrics = self._train_step(step, prog)
+            evaluated = bool(self.valid_rows) and (step % self.hp.eval_interval == 0 or step == self.total_steps)
+            if evaluated:
+                self._eval(step, prog)  # its wall time is recorded as time/eval on the valid row
+            if (evaluated or step == self.total_steps
+                    or time.monotonic() - self._last_save >= self.hp.save_interval_s):
+                self._save_latest(step)
+            prog.step_done(step, metrics)
+            if self._pause_if_alerted(step):
+                return
+
+    def _flush_writes(self, raise_errors: bool = True) -> None:
+        """Wait for the train-step record being written in the background; its error is raised here."""
+        w, self._write = self._write, None
+        if w is None:
+            return
+        try:
+            w.result()
+        except Exception as e:
+            if raise_errors:
+                raise
+            self._say(f"[store] the last step's record was not written: {type(e).__name__}: {e}")
 
     def _pause_if_alerted(self, step: int) -> bool:
         """Monitors (agentrft.evals.monitors): with ``monitors.pause_on_alert``, an alert at this step pauses the
@@ -277,7 +305,8 @@ class Trainer:
         self.monitor.observe_train(step, m, trajs)
         # rollouts + grading + update + bookkeeping; evals are timed on their own (valid) row
         m["time/full_iteration"] = time.perf_counter() - t_iter
-        self.store.record_step(self.run_id, step, "train", m, trajs)
+        self._flush_writes()  # the previous step's record: records land in step order, one in flight
+        self._write = self._writer.submit(self.store.record_step, self.run_id, step, "train", m, trajs)
         return m
 
     def _eval(self, step: int, prog: Any) -> dict[str, Any]:
@@ -296,6 +325,7 @@ class Trainer:
         m["valid_reward_mean"] = m["reward_mean"]
         m["time/eval"] = time.perf_counter() - t0
         self.monitor.observe_eval(step, m, trajs)
+        self._flush_writes()
         self.store.record_step(self.run_id, step, "valid", m, trajs)
         self._save_eval_checkpoint(step, ckpt_id, m)
         prog.eval_done(step, m)
@@ -307,6 +337,7 @@ class Trainer:
                 "best": [list(b) for b in self.best], "run_id": self.run_id, "base_model": self.cfg.model_path}
 
     def _save_latest(self, step: int) -> None:
+        self._flush_writes()  # the checkpoint at `step` must not get ahead of the records up to `step`
         self.learner.save(self.run_dir / "latest", self.tokenizer, self._state(step))
         self._saved_step, self._last_save = step, time.monotonic()
 
