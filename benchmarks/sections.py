@@ -417,6 +417,7 @@ def bench_grpo_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         tr._train()  # noqa: SLF001
     finally:
         tr.router.close()
+        tr._writer.shutdown(wait=True)  # noqa: SLF001
     wall = time.perf_counter() - t0
     out_steps = []
     for i, m in enumerate(tr.store.step_metrics(tr.run_id, "train")):
