@@ -154,3 +154,4 @@ def test_a_failed_background_step_record_fails_the_run(tiny_model, tmp_path, mon
     assert run["status"] == "failed"
     assert [m["step"] for m in st.step_metrics(run["id"], split="train")] == [1]
     assert threads and all(t.startswith("agentrft-store") for t in threads)
+    st.close()
