@@ -104,6 +104,7 @@ class AgentLoop:
                 try:
                     return self._run_continuous(states, engine, on_done)
                 finally:
+                    engine.close()
                     if was_training:
                         model.train()
         ready: deque[_State] = deque()
