@@ -75,6 +75,8 @@ class Hyperparameters(_Strict):
     tool_timeout_s: float = Field(30.0, gt=0)
     tool_workers: int = Field(16, ge=1)
     max_batch_trajectories: int = Field(64, ge=1, description="trajectories decoded together")
+    compile_learner: bool = Field(False, description="torch.compile the training forward: 20-70 s of compiling "
+                                  "at the start, then faster updates for small models (needs a C++ compiler)")
 
 
 class HttpToolConfig(BaseModel):

@@ -145,10 +145,14 @@ class Trainer:
             raise TrainingError(f"model: cannot load {model_path!r}: {e}") from None
         self.renderer = ChatRenderer(self.tokenizer)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.renderer.eos_id
-        self.learner = Learner(
-            model, lora=hp.lora, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay, grad_clip=hp.grad_clip,
-            temperature=hp.temperature, kl_coef=hp.kl_coef, micro_batch_size=hp.micro_batch_size, pad_id=pad,
-        )
+        try:
+            self.learner = Learner(
+                model, lora=hp.lora, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay, grad_clip=hp.grad_clip,
+                temperature=hp.temperature, kl_coef=hp.kl_coef, micro_batch_size=hp.micro_batch_size, pad_id=pad,
+                compile=hp.compile_learner,
+            )
+        except ValueError as e:  # a setting this machine cannot honour (compile_learner without a compiler)
+            raise TrainingError(f"hyperparameters: {e}") from None
         self.sampler = TransformersSampler(self.learner.model, stop_ids=self.renderer.stop_ids, pad_id=pad)
         self.loop = AgentLoop(
             self.sampler, self.renderer, self.router,
