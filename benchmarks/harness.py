@@ -68,14 +68,16 @@ def _versions() -> dict[str, str]:
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:  # a smoke run: every code path, tiny sizes (seconds, not figures)
         return {"sizes": ["1M"], "n_seq": 4, "seq_len": 64, "micro_batch": 4, "reps": 1, "sft_epochs": 1,
+                "compile_sizes": ["1M"], "overhead_sizes": ["1M"],
                 "rollout_sizes": ["1M"], "rollout_plan": {"1M": [4]}, "rollout_reps": 1, "max_new_tokens": 16,
                 "grpo": {"size": "1M", "steps": 2, "prompts": 1, "group": 2, "lr": 1e-4, "max_new_tokens": 16},
                 "graders": {"n": 500, "python_n": 50}, "tools_http": {"seconds": 0.5}}
     return {"sizes": ["1M", "10M", "30M"], "n_seq": 8, "seq_len": 256, "micro_batch": 8, "reps": 3, "sft_epochs": 8,
+            "compile_sizes": ["10M", "30M"], "overhead_sizes": ["10M"],
             "rollout_sizes": ["1M", "10M"], "rollout_plan": {"1M": [8, 32], "10M": [16]}, "rollout_reps": 2,
             "max_new_tokens": 48,
             "grpo": {"size": "1M", "steps": 16, "prompts": 2, "group": 4, "lr": 3e-4, "max_new_tokens": 48,
-                     "rounds": 3},
+                     "rounds": 3, "overhead_steps": 9},
             "graders": {"n": 5000, "python_n": 1000}, "tools_http": {"seconds": 2.0}}
 
 
@@ -172,6 +174,13 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         out["step_time_shares"] = parts
     else:
         out["framework_overhead_share"] = None
+    by_size = {raw.get("grpo_ours", {}).get("size", "main"): out["framework_overhead_share"]}
+    for size, r in (raw.get("grpo_ours_by_size") or {}).items():
+        st = (r.get("steps") or [])[1:]
+        tot = sum(x["seconds"] for x in st)
+        by_size[size] = sum(x["overhead_s"] for x in st) / tot if tot else None
+        out.setdefault("grpo_step_seconds_by_size", {})[size] = _median_after_warmup(r.get("steps") or [])
+    out["framework_overhead_share_by_model"] = by_size
     out["reward_curves"] = {
         name: [{"step": s["step"], "wall_s": sum(x["seconds"] for x in steps[: i + 1]), "reward": s["reward"]}
                for i, s in enumerate(steps)]
@@ -222,16 +231,22 @@ def render_markdown(doc: dict[str, Any]) -> str:
                  f"{v['gen_tokens_per_s']:.2f}× tokens/s |")
     for k, v in s["update_mfu"].items():
         if not k.startswith("1M"):
-            L.append(f"| learner update MFU, {k} | ≥ 60% | {100 * v:.0f}% |")
+            note = " (opt-in `compile_learner`)" if k.endswith("+compile") else ""
+            L.append(f"| learner update MFU, {k}{note} | ≥ 60% | {100 * v:.0f}% |")
     L.append(f"| framework overhead share of a GRPO step | ≤ 5% | {_f(s['framework_overhead_share'], '{:.1%}')} |")
+    for k, v in (s.get("framework_overhead_share_by_model") or {}).items():
+        if v is not None and k in (s.get("grpo_step_seconds_by_size") or {}):  # the extra sizes
+            L.append(f"| … the same GRPO steps on the {k} model | ≤ 5% | {v:.1%} (step "
+                     f"{_f((s.get('grpo_step_seconds_by_size') or {}).get(k), '{:.2f}')} s) |")
     L += ["", "## 1. The physical limit: fp32 matmul", "", "| shape (m×k×n) | GFLOP/s |", "|---|---|"]
     for k, v in (raw.get("matmul", {}).get("gflops") or {}).items():
         L.append(f"| {k} | {v:.1f} |")
     L += ["", "## 2. Learner update (`Learner.rl_step`: forward, clipped loss, backward, AdamW)", "",
-          "| model/mode | params | tokens | s | tokens/s | GFLOP/s | MFU |", "|---|---|---|---|---|---|---|"]
+          "| model/mode | params | tokens | s | tokens/s | GFLOP/s | MFU | first step s (compile) |",
+          "|---|---|---|---|---|---|---|---|"]
     for k, v in (raw.get("update", {}).get("update") or {}).items():
         L.append(f"| {k} | {v['params'] / 1e6:.1f}M | {v['tokens']} | {v['seconds']:.2f} | {v['tokens_per_s']:.0f} | "
-                 f"{v['achieved_gflops']:.1f} | {100 * v['mfu']:.0f}% |")
+                 f"{v['achieved_gflops']:.1f} | {100 * v['mfu']:.0f}% | {_f(v.get('first_step_s'), '{:.1f}')} |")
     L += ["", "## 3. Multi-turn tool-calling rollouts (all trajectories in flight, real tool calls)", "",
           "| model/batch | engine | traj/s | gen tokens/s | turns | tool calls | forward passes |",
           "|---|---|---|---|---|---|---|"]
@@ -349,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(1, st["grpo"].get("rounds", 1)):
             o, t = _run_section("grpo_ours", cfg, work, log), _run_section("grpo_trl", cfg, work, log)
             raw["grpo_rounds"].append({"ours": o.get("steps"), "trl": t.get("steps")})
+    if "grpo_ours" in a.sections:
+        # the same GRPO steps on a larger model: the framework's own time is about the same, the model's grows
+        raw["grpo_ours_by_size"] = {}
+        for size in st.get("overhead_sizes", []):
+            g = {**st["grpo"], "size": size, "steps": st["grpo"].get("overhead_steps", st["grpo"]["steps"])}
+            raw["grpo_ours_by_size"][size] = _run_section("grpo_ours", {**cfg, "grpo": g}, work, log)
     doc = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "quick": a.quick,

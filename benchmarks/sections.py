@@ -137,13 +137,16 @@ def bench_update(cfg: dict[str, Any]) -> dict[str, Any]:
     peak = cfg["peak_gflops"]
     res: dict[str, Any] = {}
     for s in cfg["sizes"]:
-        for mode in ("full", "lora"):
+        # "full+compile": hyperparameters.compile_learner (torch.compile of the training forward); the first
+        # step's time, compile included, is reported as first_step_s
+        for mode in ("full", "lora") + (("full+compile",) if s in cfg.get("compile_sizes", []) else ()):
             model = AutoModelForCausalLM.from_pretrained(cfg["models"][s], dtype=torch.float32)
             n_mm = _matmul_params(model)
             n_all = sum(p.numel() for p in model.parameters())
             c = model.config
             learner = Learner(model, lora=LoraConfig() if mode == "lora" else None, learning_rate=1e-5,
-                              micro_batch_size=cfg["micro_batch"], pad_id=c.pad_token_id or 0)
+                              micro_batch_size=cfg["micro_batch"], pad_id=c.pad_token_id or 0,
+                              compile=mode == "full+compile")
             trajs = _synthetic_trajs(cfg["n_seq"], cfg["seq_len"], c.vocab_size, 0)
             advs = [token_advantages(t) for t in trajs]
             tokens = sum(len(t.token_ids) for t in trajs)
@@ -151,7 +154,9 @@ def bench_update(cfg: dict[str, Any]) -> dict[str, Any]:
             # tokens), so its FLOPs count there only; every other linear runs at every token
             n_head = model.get_output_embeddings().weight.numel()
             head_tokens = sum(sum(t.loss_mask[1:]) for t in trajs)
+            t0 = time.perf_counter()
             learner.rl_step(trajs[: cfg["micro_batch"]], advs[: cfg["micro_batch"]], eps_low=0.2, eps_high=0.28)
+            first = time.perf_counter() - t0
             times = []
             for _ in range(cfg["reps"]):
                 t0 = time.perf_counter()
@@ -160,14 +165,14 @@ def bench_update(cfg: dict[str, Any]) -> dict[str, Any]:
             dt = min(times)
             mean_len = tokens / len(trajs)
             attn = 6.0 * c.num_hidden_layers * mean_len * c.hidden_size / 2 * 2  # causal QK^T and AV, fwd+bwd
-            mult = 6.0 if mode == "full" else 4.0  # LoRA: no weight gradients for the frozen base
-            flops = (mult * (n_mm - n_head) + (attn if mode == "full" else attn * 2 / 3)) * tokens \
+            mult = 4.0 if mode == "lora" else 6.0  # LoRA: no weight gradients for the frozen base
+            flops = (mult * (n_mm - n_head) + (attn * 2 / 3 if mode == "lora" else attn)) * tokens \
                 + mult * n_head * head_tokens
             res[f"{s}/{mode}"] = {
                 "params": n_all, "matmul_params": n_mm, "head_params": n_head, "head_tokens": head_tokens,
                 "tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt,
                 "model_tflop": flops / 1e12, "achieved_gflops": flops / dt / 1e9, "mfu": flops / dt / 1e9 / peak,
-                "micro_batch": cfg["micro_batch"], "all_times_s": times,
+                "micro_batch": cfg["micro_batch"], "all_times_s": times, "first_step_s": first,
             }
             del learner, model
     return {"update": res, "rss_mb": _rss_mb()}
@@ -430,7 +435,7 @@ def bench_grpo_ours(cfg: dict[str, Any]) -> dict[str, Any]:
                           "overhead_s": max(0.0, full - compute - grade - tool),
                           "tool_calls_per_traj": m.get("tool_calls_per_traj"),
                           "completion_tokens_mean": m.get("completion_tokens_mean")})
-    return {"steps": out_steps, "wall_s": wall, "rss_mb": _rss_mb()}
+    return {"size": g["size"], "steps": out_steps, "wall_s": wall, "rss_mb": _rss_mb()}
 
 
 def bench_grpo_trl(cfg: dict[str, Any]) -> dict[str, Any]:

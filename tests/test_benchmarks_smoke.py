@@ -187,3 +187,6 @@ def test_quick_run_end_to_end(tmp_path):
     for k in REQUIRED:
         assert k in doc
     assert doc["machine"]["load_start"] >= 0 and "Goals" in md.read_text()
+    upd = doc["raw"]["update"]["update"]
+    assert upd["1M/full+compile"]["mfu"] > 0 and upd["1M/full+compile"]["first_step_s"] > 0  # the compiled learner
+    assert doc["summary"]["framework_overhead_share_by_model"]["1M"] is not None  # the by-size GRPO run
