@@ -232,3 +232,50 @@ def test_a_closed_engines_cache_is_reused_and_its_stale_contents_change_nothing(
     _decode_all(eng, {0: first[0]}, 2)
     eng.close()
     assert small.spare_kv is None
+
+
+def _engine_logprobs_match_the_model(model, arch: str) -> None:
+    eng = SlotEngine(model, stop_ids=set(), pad_id=0, params=SamplingParams(max_new_tokens=5), slots=2)
+    g = torch.Generator().manual_seed(4)
+    prompts = {s: torch.randint(3, VOCAB, (12 + 5 * s,), generator=g).tolist() for s in range(2)}
+    done = _decode_all(eng, prompts, 5)
+    for s, p in prompts.items():
+        ids, lps = done[s]
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=torch.tensor([p + ids])).logits[0].float(), -1)
+        assert lps == pytest.approx([float(full[len(p) - 1 + i, t]) for i, t in enumerate(ids)], abs=1e-4), arch
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text"])
+def test_lora_adapters_are_folded_into_the_decode_weights(arch):
+    """The engine multiplies packed copies of each layer's projections with the LoRA update B·A·scaling folded in
+    (no adapter modules on the decode path): its log-probs are the peft model's own."""
+    from agentrft.config import LoraConfig
+
+    learner = Learner(_model(arch), lora=LoraConfig(r=4, alpha=8), learning_rate=1e-3)
+    with torch.no_grad():  # peft starts B at 0 (a no-op adapter): make the adapters change the outputs
+        for name, p in learner.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    model = learner.model.eval()
+    eng = SlotEngine(model, stop_ids=set(), pad_id=0, params=SamplingParams(max_new_tokens=2), slots=1)
+    assert all(pk is not None for pk in eng.packed)
+    _engine_logprobs_match_the_model(model, arch)
+    with model.disable_adapter():  # the reference policy: base weights only
+        assert SlotEngine(model, stop_ids=set(), pad_id=0, params=SamplingParams(), slots=1).packed[0] is not None
+        _engine_logprobs_match_the_model(model, arch)
+
+
+def test_a_layer_with_unknown_projection_modules_runs_its_own_modules():
+    class Scaled(torch.nn.Linear):  # not a plain Linear: the engine cannot know what its forward does
+        def forward(self, x):
+            return 2.0 * super().forward(x)
+
+    model = _model("llama")
+    old = model.model.layers[1].self_attn.q_proj
+    new = Scaled(old.in_features, old.out_features, bias=False)
+    new.weight.data.copy_(old.weight.data)
+    model.model.layers[1].self_attn.q_proj = new
+    eng = SlotEngine(model, stop_ids=set(), pad_id=0, params=SamplingParams(), slots=1)
+    assert eng.packed[1] is None and eng.packed[0] is not None
+    _engine_logprobs_match_the_model(model, "llama")
