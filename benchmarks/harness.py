@@ -87,7 +87,10 @@ def _run_section(name: str, cfg: dict[str, Any], work: Path, log: Any) -> dict[s
     load0, t0 = _load(), time.perf_counter()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(cfg["threads"])}
+           "OMP_NUM_THREADS": str(cfg["threads"]),
+           # a cache of torch.compile's kernels per benchmark work dir: the compiled learner's first step shows a
+           # cold compile, not one served from an earlier run's cache
+           "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor-cache")}
     p = subprocess.run([sys.executable, "-m", "benchmarks.sections", name, str(cfg_path), str(out_path)], cwd=ROOT,
                        env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
