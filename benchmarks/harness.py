@@ -33,6 +33,24 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs since boot, from /proc/stat (None where there is none)."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (f[7] if len(f) > 7 else 0), sum(f[:8])
+
+
+def _steal_share(before: tuple[int, int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave to other guests since ``before`` (on a shared VM, the reason the
+    same code runs 1.5× slower an hour later)."""
+    after = _cpu_times()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -84,7 +102,7 @@ def _settings(quick: bool) -> dict[str, Any]:
 def _run_section(name: str, cfg: dict[str, Any], work: Path, log: Any) -> dict[str, Any]:
     cfg_path, out_path = work / f"{name}.cfg.json", work / f"{name}.out.json"
     cfg_path.write_text(json.dumps(cfg))
-    load0, t0 = _load(), time.perf_counter()
+    load0, t0, cpu0 = _load(), time.perf_counter(), _cpu_times()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(cfg["threads"]),
@@ -98,10 +116,12 @@ def _run_section(name: str, cfg: dict[str, Any], work: Path, log: Any) -> dict[s
         tail = (p.stderr or p.stdout)[-3000:]
         log(f"[{name}] FAILED (exit {p.returncode}) after {wall:.0f}s:\n{tail}")
         return {"error": f"exit {p.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}",
-                "load_before": load0, "load_after": _load(), "wall_s": wall}
+                "load_before": load0, "load_after": _load(), "wall_s": wall, "steal_share": _steal_share(cpu0)}
     res = json.loads(out_path.read_text())
-    res.update({"load_before": load0, "load_after": _load(), "wall_s": wall})
-    log(f"[{name}] done in {wall:.0f}s (load {load0:.1f} → {res['load_after']:.1f}, peak RSS {res.get('rss_mb', 0):.0f} MB)")
+    res.update({"load_before": load0, "load_after": _load(), "wall_s": wall, "steal_share": _steal_share(cpu0)})
+    steal = "" if res["steal_share"] is None else f", CPU steal {res['steal_share']:.0%}"
+    log(f"[{name}] done in {wall:.0f}s (load {load0:.1f} → {res['load_after']:.1f}{steal}, "
+        f"peak RSS {res.get('rss_mb', 0):.0f} MB)")
     return res
 
 
@@ -210,8 +230,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
         f"Measured {doc['date']} in one run of `python -m benchmarks{' --quick' if doc['quick'] else ''}` on "
         f"{m['cpu']} ({m['cores']} cores, {', '.join(m['flags'])}), torch threads {doc['threads']}; "
-        f"load average {m['load_start']:.1f} at start, {m['load_end']:.1f} at end (the machine is shared: "
-        "figures with a high load are lower bounds). Versions: "
+        f"load average {m['load_start']:.1f} at start, {m['load_end']:.1f} at end"
+        + ("" if m.get("steal_share") is None else f", CPU steal {m['steal_share']:.0%} of the run")
+        + " (the machine is shared: figures with a high load or steal are lower bounds). Versions: "
         + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".",
         "",
         "Definitions (FLOPs, MFU, overhead) are in `benchmarks/sections.py`; raw figures in `docs/benchmarks.json`.",
@@ -291,9 +312,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
     th = raw.get("tools_http", {})
     if th.get("results"):
         L += ["", "## HTTP tool calls (benchmarks/bench_tools_http.py)", "", "```", json.dumps(th["results"])[:1500], "```"]
-    L += ["", "## Peak RSS per benchmark (MB)", "", "| section | MB |", "|---|---|"]
+    L += ["", "## Peak RSS and CPU steal per benchmark", "", "| section | peak RSS MB | CPU steal |", "|---|---|---|"]
     for k, v in s["peak_rss_mb"].items():
-        L.append(f"| {k} | {_f(v, '{:.0f}')} |")
+        L.append(f"| {k} | {_f(v, '{:.0f}')} | {_f((raw.get(k) or {}).get('steal_share'), '{:.0%}')} |")
     errs = {k: v["error"] for k, v in raw.items() if isinstance(v, dict) and v.get("error")}
     if errs:
         L += ["", "## Sections that failed in this run", ""] + [f"- {k}: {v}" for k, v in errs.items()]
@@ -334,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     cores = os.cpu_count() or 1
-    load_start = _load()
+    load_start, cpu_start = _load(), _cpu_times()
     threads = (1 if load_start >= cores else cores) if a.threads == "auto" else int(a.threads)
     st = _settings(a.quick)
     if a.grpo_steps:
@@ -378,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": a.quick,
         "threads": threads,
         "machine": {"cpu": _cpu_name(), "cores": cores, "flags": _cpu_flags(), "platform": platform.platform(),
-                    "load_start": load_start, "load_end": _load()},
+                    "load_start": load_start, "load_end": _load(), "steal_share": _steal_share(cpu_start)},
         "versions": _versions(),
         "settings": st,
         "notes": a.note,

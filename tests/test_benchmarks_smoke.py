@@ -8,6 +8,7 @@ wrong: FLOP accounting, engine/baseline token bookkeeping, identical sampled ids
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,18 @@ def test_quick_run_end_to_end(tmp_path):
     upd = doc["raw"]["update"]["update"]
     assert upd["1M/full+compile"]["mfu"] > 0 and upd["1M/full+compile"]["first_step_s"] > 0  # the compiled learner
     assert doc["summary"]["framework_overhead_share_by_model"]["1M"] is not None  # the by-size GRPO run
+    assert 0.0 <= doc["machine"]["steal_share"] <= 1.0 and "CPU steal" in md.read_text()
+
+
+def test_cpu_steal_share_is_measured_from_proc_stat():
+    from benchmarks.harness import _cpu_times, _steal_share
+
+    before = _cpu_times()
+    if before is None:
+        pytest.skip("no /proc/stat here")
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.05:  # some CPU time passes
+        pass
+    share = _steal_share(before)
+    assert share is None or 0.0 <= share <= 1.0
+    assert _steal_share(None) is None

@@ -162,7 +162,8 @@ class Learner:
                 logits = torch.tanh(logits / cap) * cap
             targets = targets[sel]
         else:
-            logits = self._run(model, compiled, input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1, :].float()
+            out = self._run(model, compiled, input_ids=ids, attention_mask=attn, use_cache=False)
+            logits = out.logits[:, :-1, :].float()
         logp_all = torch.log_softmax(logits / self.temperature, dim=-1)
         lp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         ent = None

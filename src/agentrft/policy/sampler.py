@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -333,9 +333,11 @@ class SlotEngine:
             self.owner.spare_kv = None  # taken: two live engines never share a cache
             self.k, self.v, self.cap = [x[: self.S] for x in k], [x[: self.S] for x in v], K.shape[2]
 
+    @torch.no_grad()
     def _pack_layers(self, layers: list[Any]) -> list[_PackedLayer | None]:
         """Each layer's projections packed for decoding (``_PackedLayer``), or None for a layer whose modules are not
-        plain/LoRA linears (it then runs its own modules). Reuses the buffers of the sampler's previous engine."""
+        plain/LoRA linears (it then runs its own modules); all None past ``PACK_MAX_BYTES``. Reuses the buffers of
+        the sampler's previous engine."""
         spare = getattr(self.owner, "spare_packed", None) or []
         if self.owner is not None:
             self.owner.spare_packed = None
@@ -349,12 +351,13 @@ class SlotEngine:
         return out
 
     def close(self) -> None:
-        """Done with this engine: hand its K/V buffers to the owning sampler for the next engine (when they are at
-        most ``TransformersSampler.KEEP_KV_BYTES``), else let them go. The engine is unusable afterwards."""
-        size = sum(x.untyped_storage().nbytes() for x in self.k + self.v)
-        if self.owner is not None and self.k and size <= getattr(self.owner, "KEEP_KV_BYTES", 0):
+        """Done with this engine: hand its K/V buffers and packed weights to the owning sampler for the next engine
+        (each when it is at most ``TransformersSampler.KEEP_KV_BYTES``), else let them go. The engine is unusable
+        afterwards."""
+        keep = getattr(self.owner, "KEEP_KV_BYTES", 0)
+        if self.owner is not None and self.k and sum(x.untyped_storage().nbytes() for x in self.k + self.v) <= keep:
             self.owner.spare_kv = (self.k, self.v)
-        if self.owner is not None and sum(p.nbytes() for p in self.packed if p) <= getattr(self.owner, "KEEP_KV_BYTES", 0):
+        if self.owner is not None and any(self.packed) and sum(p.nbytes() for p in self.packed if p) <= keep:
             self.owner.spare_packed = self.packed
         self.k, self.v, self.cap, self.packed = [], [], 0, []
 

@@ -147,9 +147,9 @@ class Trainer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.renderer.eos_id
         try:
             self.learner = Learner(
-                model, lora=hp.lora, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay, grad_clip=hp.grad_clip,
-                temperature=hp.temperature, kl_coef=hp.kl_coef, micro_batch_size=hp.micro_batch_size, pad_id=pad,
-                compile=hp.compile_learner,
+                model, lora=hp.lora, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay,
+                grad_clip=hp.grad_clip, temperature=hp.temperature, kl_coef=hp.kl_coef,
+                micro_batch_size=hp.micro_batch_size, pad_id=pad, compile=hp.compile_learner,
             )
         except ValueError as e:  # a setting this machine cannot honour (compile_learner without a compiler)
             raise TrainingError(f"hyperparameters: {e}") from None
