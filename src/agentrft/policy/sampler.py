@@ -207,12 +207,17 @@ class _PackedLayer:
     __slots__ = ("qkv", "qkv_b", "o", "o_b", "gu", "gu_b", "down", "down_b", "n_inter")
 
     @staticmethod
-    def parts(layer: Any) -> list[tuple[torch.Tensor, torch.Tensor | None]] | None:
+    def modules(layer: Any) -> list[Any] | None:
+        """q, k, v, o, gate, up, down of a layer whose MLP is ``down(act_fn(gate(x)) · up(x))``, else None."""
         attn, mlp = layer.self_attn, getattr(layer, "mlp", None)
-        mods = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        mods += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
         if not hasattr(mlp, "act_fn"):
             return None
+        return [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")] + \
+            [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+
+    @staticmethod
+    def parts(mods: list[Any]) -> list[tuple[torch.Tensor, torch.Tensor | None]] | None:
+        """Each module's ``(W, b)`` (``_linear_weight``; LoRA deltas computed here), or None if any has none."""
         out = [_linear_weight(m) for m in mods]
         return None if any(w is None for w in out) else out  # type: ignore[return-value]
 
@@ -242,9 +247,6 @@ class _PackedLayer:
             self.qkv_b, self.o_b = bias([qb, kb, vb], [q, k, v]), bias([ob], [o])
             self.gu_b, self.down_b = bias([gb, ub], [g, u]), bias([db], [d])
         self.n_inter = g.shape[0]
-
-    def nbytes(self) -> int:
-        return sum(t.untyped_storage().nbytes() for t in (self.qkv, self.o, self.gu, self.down))
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -341,24 +343,28 @@ class SlotEngine:
         spare = getattr(self.owner, "spare_packed", None) or []
         if self.owner is not None:
             self.owner.spare_packed = None
-        parts_all = [_PackedLayer.parts(layer) for layer in layers]
-        size = sum(w.numel() * w.element_size() for parts in parts_all if parts for w, _ in parts)
+        mods_all = [_PackedLayer.modules(layer) for layer in layers]
+        # the size from the (base) weights' shapes, before any LoRA delta is computed: a model past the budget
+        # costs nothing here
+        size = sum(w.numel() * w.element_size() for mods in mods_all if mods for m in mods
+                   if isinstance(w := getattr(m, "weight", None), torch.Tensor))
         if size > self.PACK_MAX_BYTES:
             return [None] * len(layers)
         out: list[_PackedLayer | None] = []
-        for i, parts in enumerate(parts_all):
+        for i, mods in enumerate(mods_all):
+            parts = _PackedLayer.parts(mods) if mods is not None else None
             out.append(_PackedLayer(parts, spare[i] if i < len(spare) else None) if parts is not None else None)
         return out
 
     def close(self) -> None:
-        """Done with this engine: hand its K/V buffers and packed weights to the owning sampler for the next engine
-        (each when it is at most ``TransformersSampler.KEEP_KV_BYTES``), else let them go. The engine is unusable
-        afterwards."""
-        keep = getattr(self.owner, "KEEP_KV_BYTES", 0)
-        if self.owner is not None and self.k and sum(x.untyped_storage().nbytes() for x in self.k + self.v) <= keep:
-            self.owner.spare_kv = (self.k, self.v)
-        if self.owner is not None and any(self.packed) and sum(p.nbytes() for p in self.packed if p) <= keep:
-            self.owner.spare_packed = self.packed
+        """Done with this engine: hand the owning sampler its packed weights (bounded by ``PACK_MAX_BYTES``) and its
+        K/V buffers when they are at most ``TransformersSampler.KEEP_KV_BYTES`` (else they are freed), for the next
+        engine. The engine is unusable afterwards."""
+        if self.owner is not None:
+            if self.k and sum(x.untyped_storage().nbytes() for x in self.k + self.v) <= self.owner.KEEP_KV_BYTES:
+                self.owner.spare_kv = (self.k, self.v)
+            if any(self.packed):
+                self.owner.spare_packed = self.packed
         self.k, self.v, self.cap, self.packed = [], [], 0, []
 
     @staticmethod
