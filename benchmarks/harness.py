@@ -112,13 +112,13 @@ def _run_section(name: str, cfg: dict[str, Any], work: Path, log: Any) -> dict[s
     p = subprocess.run([sys.executable, "-m", "benchmarks.sections", name, str(cfg_path), str(out_path)], cwd=ROOT,
                        env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    machine = {"load_before": load0, "load_after": _load(), "wall_s": wall, "steal_share": _steal_share(cpu0)}
     if p.returncode != 0 or not out_path.exists():
         tail = (p.stderr or p.stdout)[-3000:]
         log(f"[{name}] FAILED (exit {p.returncode}) after {wall:.0f}s:\n{tail}")
-        return {"error": f"exit {p.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}",
-                "load_before": load0, "load_after": _load(), "wall_s": wall, "steal_share": _steal_share(cpu0)}
+        return {"error": f"exit {p.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}", **machine}
     res = json.loads(out_path.read_text())
-    res.update({"load_before": load0, "load_after": _load(), "wall_s": wall, "steal_share": _steal_share(cpu0)})
+    res.update(machine)
     steal = "" if res["steal_share"] is None else f", CPU steal {res['steal_share']:.0%}"
     log(f"[{name}] done in {wall:.0f}s (load {load0:.1f} → {res['load_after']:.1f}{steal}, "
         f"peak RSS {res.get('rss_mb', 0):.0f} MB)")
@@ -157,6 +157,15 @@ def _median_after_warmup(steps: list[dict[str, Any]], key: str = "seconds") -> f
     return statistics.median(xs) if xs else None
 
 
+def _time_shares(steps: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Each part's share of the steps' summed wall time (None for no steps)."""
+    tot = sum(s["seconds"] for s in steps)
+    if not tot:
+        return None
+    return {k: sum(s[k] for s in steps) / tot
+            for k in ("sampling_forward_s", "training_s", "grading_s", "tool_s", "overhead_s")}
+
+
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     """The headline keys from the sections' raw figures (None where a section failed)."""
     out: dict[str, Any] = {}
@@ -190,19 +199,15 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     out["grpo_step_seconds"]["ours_steps_with_update"] = t_upd
     out["grpo_step_speedup_vs_trl_steps_with_update"] = (t_trl / t_upd) if t_upd and t_trl else None
     if ours:
-        tot = sum(s["seconds"] for s in pooled_ours)
-        parts = {k: sum(s[k] for s in pooled_ours) / tot for k in
-                 ("sampling_forward_s", "training_s", "grading_s", "tool_s", "overhead_s")}
-        out["framework_overhead_share"] = parts["overhead_s"]
-        out["step_time_shares"] = parts
+        out["step_time_shares"] = _time_shares(pooled_ours)
+        out["framework_overhead_share"] = out["step_time_shares"]["overhead_s"]
     else:
         out["framework_overhead_share"] = None
     by_size = {raw.get("grpo_ours", {}).get("size", "main"): out["framework_overhead_share"]}
     for size, r in (raw.get("grpo_ours_by_size") or {}).items():
-        st = (r.get("steps") or [])[1:]
-        tot = sum(x["seconds"] for x in st)
-        by_size[size] = sum(x["overhead_s"] for x in st) / tot if tot else None
-        out.setdefault("grpo_step_seconds_by_size", {})[size] = _median_after_warmup(r.get("steps") or [])
+        steps = r.get("steps") or []
+        by_size[size] = (_time_shares(steps[1:]) or {}).get("overhead_s")
+        out.setdefault("grpo_step_seconds_by_size", {})[size] = _median_after_warmup(steps)
     out["framework_overhead_share_by_model"] = by_size
     out["reward_curves"] = {
         name: [{"step": s["step"], "wall_s": sum(x["seconds"] for x in steps[: i + 1]), "reward": s["reward"]}
@@ -258,10 +263,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
             note = " (opt-in `compile_learner`)" if k.endswith("+compile") else ""
             L.append(f"| learner update MFU, {k}{note} | ≥ 60% | {100 * v:.0f}% |")
     L.append(f"| framework overhead share of a GRPO step | ≤ 5% | {_f(s['framework_overhead_share'], '{:.1%}')} |")
+    extra = s.get("grpo_step_seconds_by_size") or {}  # the sizes run only for the overhead figure
     for k, v in (s.get("framework_overhead_share_by_model") or {}).items():
-        if v is not None and k in (s.get("grpo_step_seconds_by_size") or {}):  # the extra sizes
-            L.append(f"| … the same GRPO steps on the {k} model | ≤ 5% | {v:.1%} (step "
-                     f"{_f((s.get('grpo_step_seconds_by_size') or {}).get(k), '{:.2f}')} s) |")
+        if v is not None and k in extra:
+            L.append(f"| … the same GRPO steps on the {k} model | ≤ 5% | {v:.1%} (step {_f(extra[k], '{:.2f}')} s) |")
     L += ["", "## 1. The physical limit: fp32 matmul", "", "| shape (m×k×n) | GFLOP/s |", "|---|---|"]
     for k, v in (raw.get("matmul", {}).get("gflops") or {}).items():
         L.append(f"| {k} | {v:.1f} |")
