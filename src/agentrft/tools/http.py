@@ -53,6 +53,7 @@ import os
 import re
 import threading
 import time
+import functools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -65,6 +66,16 @@ from agentrft.types import new_call_id
 
 MAX_BYTES = 1_000_000  # 1 MB each way (OpenAI's Agent RFT limit)
 DEFAULT_TIMEOUT_S = 600.0  # 10 minutes per call (OpenAI's limit)
+
+
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> Any:
+    """One TLS context for every backend in the process (httpx's defaults: certifi, or SSL_CERT_FILE/DIR).
+
+    Loading the CA bundle takes ~0.1 s of CPU; httpx does it again for every new client, even one that only ever
+    talks plain HTTP to 127.0.0.1. A context is safe to share between clients and threads.
+    """
+    return httpx.create_ssl_context()
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KNOWN_KEYS = {
     "name",
@@ -264,7 +275,9 @@ class HttpToolBackend(ToolBackend):
         self._buckets = {n: TokenBucket(s.rate_limit) for n, s in specs.items() if s.rate_limit}
         pool = max(16, sum(s.max_concurrency or 16 for s in specs.values()))
         self._client = client or httpx.Client(
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool), follow_redirects=False
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            follow_redirects=False,
+            verify=_tls_context(),
         )
         self._own_client = client is None
         self._stats_lock = threading.Lock()
