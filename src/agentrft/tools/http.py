@@ -48,12 +48,12 @@ semaphore caps in-flight calls at ``max_concurrency`` and a token bucket caps re
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import threading
 import time
-import functools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -76,6 +76,8 @@ def _tls_context() -> Any:
     talks plain HTTP to 127.0.0.1. A context is safe to share between clients and threads.
     """
     return httpx.create_ssl_context()
+
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KNOWN_KEYS = {
     "name",
