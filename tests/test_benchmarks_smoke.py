@@ -8,9 +8,9 @@ wrong: FLOP accounting, engine/baseline token bookkeeping, identical sampled ids
 from __future__ import annotations
 
 import json
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -203,6 +203,6 @@ def test_cpu_steal_share_is_measured_from_proc_stat():
     t = time.perf_counter()
     while time.perf_counter() - t < 0.05:  # some CPU time passes
         pass
-    share = _steal_share(before)
-    assert share is None or 0.0 <= share <= 1.0
+    share = _steal_share(before)  # 50 ms of busy CPU is several jiffies: the total moved, so a share exists
+    assert share is not None and 0.0 <= share <= 1.0
     assert _steal_share(None) is None

@@ -260,6 +260,8 @@ def test_lora_adapters_are_folded_into_the_decode_weights(arch):
     model = learner.model.eval()
     eng = SlotEngine(model, stop_ids=set(), pad_id=0, params=SamplingParams(max_new_tokens=2), slots=1)
     assert all(pk is not None for pk in eng.packed)
+    # copies of trainable weights, packed without an autograd graph
+    assert not any(t.requires_grad for pk in eng.packed for t in (pk.qkv, pk.o, pk.gu, pk.down))
     _engine_logprobs_match_the_model(model, arch)
     with model.disable_adapter():  # the reference policy: base weights only
         assert SlotEngine(model, stop_ids=set(), pad_id=0, params=SamplingParams(), slots=1).packed[0] is not None

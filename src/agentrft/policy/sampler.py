@@ -237,15 +237,15 @@ class _PackedLayer:
         def bias(bs: list[torch.Tensor | None], ws: list[torch.Tensor]) -> torch.Tensor | None:
             if all(b is None for b in bs):
                 return None
-            return torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for b, w in zip(bs, ws)]).detach()
+            return torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for b, w in zip(bs, ws)])
 
-        with torch.no_grad():
-            self.qkv = pack([q, k, v], reuse and reuse.qkv)
-            self.o = pack([o], reuse and reuse.o)
-            self.gu = pack([g, u], reuse and reuse.gu)
-            self.down = pack([d], reuse and reuse.down)
-            self.qkv_b, self.o_b = bias([qb, kb, vb], [q, k, v]), bias([ob], [o])
-            self.gu_b, self.down_b = bias([gb, ub], [g, u]), bias([db], [d])
+        # built only by SlotEngine._pack_layers, under its no_grad (copies of trainable weights, no graph)
+        self.qkv = pack([q, k, v], reuse and reuse.qkv)
+        self.o = pack([o], reuse and reuse.o)
+        self.gu = pack([g, u], reuse and reuse.gu)
+        self.down = pack([d], reuse and reuse.down)
+        self.qkv_b, self.o_b = bias([qb, kb, vb], [q, k, v]), bias([ob], [o])
+        self.gu_b, self.down_b = bias([gb, ub], [g, u]), bias([db], [d])
         self.n_inter = g.shape[0]
 
 
