@@ -83,11 +83,13 @@ def measure(model_dir: Path, train: Path, n_tasks: int, backend: str, delay_ms: 
     import agentrft.rollout.agent as agent_mod
     from agentrft.data import load_dataset
     from agentrft.policy.learner import load_model_and_tokenizer
-    from agentrft.policy.sampler import SamplingParams, TransformersSampler
+    from agentrft.policy.sampling import SamplingParams
+    from agentrft.policy.transformers_sampler import TransformersSampler
     from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
     from agentrft.rollout.render import ChatRenderer
     from agentrft.tools.http import HttpToolBackend
-    from agentrft.tools.router import PythonToolBackend, ToolRouter
+    from agentrft.tools.python_backend import PythonToolBackend
+    from agentrft.tools.router import ToolRouter
 
     model, tok = load_model_and_tokenizer(str(model_dir))
     renderer = ChatRenderer(tok)

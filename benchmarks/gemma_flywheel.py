@@ -16,7 +16,7 @@ Stages (each one skipped when its output already exists in ``--work``, so a kill
    (``--steps`` larger than before continues training the same run);
 5. **compare** — baseline (step 0) vs the best evaluated step, both from the store: rollout seeds depend only on
    (seed, row, sample), so the two evaluations are paired per row; the reward difference gets a paired
-   bootstrap 95% interval (:func:`agentrft.evals.stats.compare_runs`), alongside pass rate and tool calls.
+   bootstrap 95% interval (:func:`agentrft.evals.compare.paired`), alongside pass rate and tool calls.
 
 Writes ``work/result.json`` (every number, stage wall times, the load average while it ran) and prints it.
 The machine's load matters (it is shared): ``loadavg`` before and after each stage is recorded with it.
@@ -195,7 +195,7 @@ def _updates(latest: Path) -> int | None:
 
 
 def stage_compare(args: argparse.Namespace, st: State, cfg: Any, run_id: str) -> dict[str, Any]:
-    from agentrft.evals.stats import compare_runs
+    from agentrft.evals.compare import paired
     from agentrft.store import RunStore
 
     store = RunStore(cfg.store_url)
@@ -241,10 +241,8 @@ def stage_compare(args: argparse.Namespace, st: State, cfg: Any, run_id: str) ->
         "rollouts_per_step": args.batch_size * args.group_size, "eval_rows": len(a),
         "baseline": {k: base.get(k) for k in keys},
         "best_step": best["step"], "best": {k: best.get(k) for k in keys},
-        "reward_diff": compare_runs(a, b, "reward", seed=args.seed).as_dict(),
-        "pass_diff": compare_runs([{**t, "passed": float(t.get("reward") or 0) >= 0.999} for t in a],
-                                  [{**t, "passed": float(t.get("reward") or 0) >= 0.999} for t in b],
-                                  "passed", seed=args.seed).as_dict(),
+        "reward_diff": paired(a, b, "reward", seed=args.seed),
+        "pass_diff": paired(a, b, "passed", seed=args.seed),
         "valid_curve": [{"step": m["step"], "reward_mean": m["reward_mean"], "pass_rate": m.get("pass_rate")}
                         for m in valid],
         "train_curve": [{"step": m["step"], "reward_mean": m.get("reward_mean"),

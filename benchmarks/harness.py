@@ -228,6 +228,17 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+KEEP_MARKER = "<!-- hand-written below this line: kept when the harness rewrites this file -->"
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Write the rendered page, keeping the hand-written part of the existing one (after ``KEEP_MARKER``)."""
+    old = path.read_text() if path.exists() else ""
+    if KEEP_MARKER in old:
+        text = text.rstrip("\n") + "\n\n" + old[old.index(KEEP_MARKER):]
+    path.write_text(text)
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     s, raw, m = doc["summary"], doc["raw"], doc["machine"]
     L = [
@@ -353,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in REQUIRED_KEYS:
             doc[k] = doc["summary"][k]
         Path(a.out_json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-        Path(a.out_md).write_text(render_markdown(doc))
+        write_markdown(Path(a.out_md), render_markdown(doc))
         return 0
 
     def log(msg: str) -> None:
@@ -415,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["raw"] = raw
     Path(a.out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out_json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    Path(a.out_md).write_text(render_markdown(doc))
+    write_markdown(Path(a.out_md), render_markdown(doc))
     log(f"wrote {a.out_md} and {a.out_json} in {time.perf_counter() - t0:.0f}s")
     return 0
 

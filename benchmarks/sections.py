@@ -132,6 +132,7 @@ def bench_update(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from agentrft.config import LoraConfig
     from agentrft.policy.learner import Learner
+    from agentrft.rl.loss import ClippedPolicyLoss
     from agentrft.rl.advantages import token_advantages
 
     peak = cfg["peak_gflops"]
@@ -155,12 +156,12 @@ def bench_update(cfg: dict[str, Any]) -> dict[str, Any]:
             n_head = model.get_output_embeddings().weight.numel()
             head_tokens = sum(sum(t.loss_mask[1:]) for t in trajs)
             t0 = time.perf_counter()
-            learner.rl_step(trajs[: cfg["micro_batch"]], advs[: cfg["micro_batch"]], eps_low=0.2, eps_high=0.28)
+            learner.rl_step(trajs[: cfg["micro_batch"]], advs[: cfg["micro_batch"]], ClippedPolicyLoss(0.2, 0.28))
             first = time.perf_counter() - t0
             times = []
             for _ in range(cfg["reps"]):
                 t0 = time.perf_counter()
-                learner.rl_step(trajs, advs, eps_low=0.2, eps_high=0.28)
+                learner.rl_step(trajs, advs, ClippedPolicyLoss(0.2, 0.28))
                 times.append(time.perf_counter() - t0)
             dt = min(times)
             mean_len = tokens / len(trajs)
@@ -204,7 +205,7 @@ def _forward_timer(model: Any) -> dict[str, float]:
 
 def run_ours(model: Any, tok: Any, rows: list[Any], group: int, params: Any, limits: Any, seed: int,
              batch: int | None = None, continuous: bool = True) -> dict[str, Any]:
-    from agentrft.policy.sampler import TransformersSampler
+    from agentrft.policy.transformers_sampler import TransformersSampler
     from agentrft.rollout.agent import AgentLoop
     from agentrft.rollout.render import ChatRenderer
     from agentrft.tools.router import build_router
@@ -319,7 +320,7 @@ def run_hf_generate(model: Any, tok: Any, rows: list[Any], group: int, params: A
 def bench_rollout(cfg: dict[str, Any]) -> dict[str, Any]:
     from agentrft.data import load_dataset
     from agentrft.policy.learner import load_model_and_tokenizer
-    from agentrft.policy.sampler import SamplingParams
+    from agentrft.policy.sampling import SamplingParams
     from agentrft.rollout.agent import RolloutLimits
 
     rows_all = load_dataset(cfg["task"]["train"])
@@ -377,9 +378,9 @@ def bench_grpo_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     tr = Trainer(rc, progress=False)
     tr._setup()  # noqa: SLF001 — the benchmark times model forwards with hooks on the trainer's own model
     fw = _forward_timer(tr.learner.model)
-    from agentrft.policy import sampler as sampler_mod
+    from agentrft.policy.engine import SlotEngine
 
-    engine_forward = sampler_mod.SlotEngine._forward
+    engine_forward = SlotEngine._forward
 
     def timed_forward(self: Any, rows: list[int]) -> Any:  # the engine runs the layers itself, not model.forward
         t = time.perf_counter()
@@ -388,7 +389,7 @@ def bench_grpo_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         finally:
             fw["s"] += time.perf_counter() - t
 
-    sampler_mod.SlotEngine._forward = timed_forward  # type: ignore[method-assign]
+    SlotEngine._forward = timed_forward  # type: ignore[method-assign]
     sample_fw: list[float] = []
     orig_run = tr.loop.run
 

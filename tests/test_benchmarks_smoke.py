@@ -70,7 +70,8 @@ def test_continuous_engine_records_what_the_learner_recomputes(tiny_model, looku
     """Same seeds → the continuous engine (persistent KV slots) samples exactly the batched sampler's ids, and
     its recorded log-probs equal the learner's teacher-forced ones at every sampled position."""
     from agentrft.policy.learner import Learner, load_model_and_tokenizer
-    from agentrft.policy.sampler import SamplingParams, TransformersSampler
+    from agentrft.policy.sampling import SamplingParams
+    from agentrft.policy.transformers_sampler import TransformersSampler
     from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
     from agentrft.rollout.render import ChatRenderer
     from agentrft.tools.router import build_router
@@ -104,7 +105,8 @@ def test_continuous_engine_records_what_the_learner_recomputes(tiny_model, looku
 def test_engine_keeps_prefix_across_turns_and_feeds_only_new_tokens(tiny_model):
     """Feeding a continuation processes only the new tokens; the logits equal a fresh full-prefix forward."""
     from agentrft.policy.learner import load_model_and_tokenizer
-    from agentrft.policy.sampler import SamplingParams, SlotEngine
+    from agentrft.policy.engine import SlotEngine
+    from agentrft.policy.sampling import SamplingParams
 
     model, tok = load_model_and_tokenizer(str(tiny_model))
     model.eval()
@@ -129,7 +131,7 @@ def test_engine_keeps_prefix_across_turns_and_feeds_only_new_tokens(tiny_model):
 
 def test_hf_generate_baseline_builds_trajectories_the_same_way(tiny_model, lookup_files):
     from agentrft.policy.learner import load_model_and_tokenizer
-    from agentrft.policy.sampler import SamplingParams
+    from agentrft.policy.sampling import SamplingParams
     from agentrft.rollout.agent import RolloutLimits
 
     model, tok = load_model_and_tokenizer(str(tiny_model))
@@ -159,6 +161,15 @@ def test_summary_has_the_required_keys_and_failed_sections_are_reported():
            "settings": harness._settings(True), "notes": []}
     md = harness.render_markdown(doc)
     assert "2.50×" in md and "graders: exit 1: boom" in md
+
+
+def test_rewriting_the_page_keeps_its_hand_written_part(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    harness.write_markdown(page, "# run 1\n")
+    assert page.read_text() == "# run 1\n"  # nothing hand-written yet: the rendered page only
+    page.write_text(page.read_text() + f"\n{harness.KEEP_MARKER}\n\n## Why\n\nmeasured 5 ms\n")
+    harness.write_markdown(page, "# run 2\n")
+    assert page.read_text() == f"# run 2\n\n{harness.KEEP_MARKER}\n\n## Why\n\nmeasured 5 ms\n"
 
 
 def test_grpo_rounds_pool_their_steps_and_report_each_ratio():

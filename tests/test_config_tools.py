@@ -9,7 +9,8 @@ import pytest
 
 from agentrft.config import ConfigError, load_config, parse_config
 from agentrft.tools.registry import ToolContext, make_tool, tool
-from agentrft.tools.router import PythonToolBackend, ToolRouter, build_router
+from agentrft.tools.python_backend import PythonToolBackend
+from agentrft.tools.router import ToolRouter, build_router
 from agentrft.types import ToolCall
 
 GRADER = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "x", "operation": "eq"}

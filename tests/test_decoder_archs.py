@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from agentrft.policy.learner import Learner, _split_head
-from agentrft.policy.sampler import SamplingParams, SlotEngine, TransformersSampler
+from agentrft.policy.engine import SlotEngine
+from agentrft.policy.sampling import SamplingParams
+from agentrft.policy.transformers_sampler import TransformersSampler
 
 VOCAB = 300
 

@@ -9,7 +9,7 @@ import pytest
 
 from agentrft.data import load_dataset
 from agentrft.environments import ENVIRONMENTS
-from agentrft.graders.base import load_callable
+from agentrft.refs import load_callable
 from agentrft.tools.registry import resolve_python_tool
 
 

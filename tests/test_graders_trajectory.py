@@ -226,20 +226,26 @@ def test_process_with_local_judge():
 
 
 def test_grade_trajectories_batch_in_order():
+    """The one grading path (training, evals, check): rewards and grades set in place, each trajectory graded
+    against its own row's item, inline or on threads for I/O-bound graders, holdouts recorded beside the reward."""
     from agentrft.graders import grade_trajectories
     from agentrft.graders.sandbox import SandboxPool
 
     trajs = [traj([[ok("a")] * k, []]) for k in range(6)]
-    items = [{"min_tool_calls": 1, "max_tool_calls": 5}] * 6
-    gs = grade_trajectories(build_grader(EFF), trajs, items)
-    assert [g.score for g in gs] == [1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    for k, t in enumerate(trajs):
+        t.row_index = k
+    items = {k: {"min_tool_calls": 1, "max_tool_calls": 5} for k in range(6)}
+    grade_trajectories(trajs, items, build_grader(EFF))
+    assert [t.reward for t in trajs] == [1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
     pool = SandboxPool(2, timeout_s=10)
     try:
         src = "def grade(sample, item):\n    return float(len(sample['trajectory']['tool_calls']))\n"
         py = build_grader({"type": "python", "name": "py", "source": src}).use_pool(pool)
-        gs = grade_trajectories(py, trajs, items, max_workers=4)
-        assert [g.score for g in gs] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        grade_trajectories(trajs, items, py, holdouts={"eff": build_grader(EFF)}, workers=4)
+        assert [t.reward for t in trajs] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        assert [t.grades[1].score for t in trajs] == [1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+        assert all(t.grades[1].metadata["holdout"] for t in trajs)
     finally:
         pool.close()
-    with pytest.raises(ValueError, match="6 trajectories but 1 items"):
-        grade_trajectories(build_grader(EFF), trajs, items[:1])
+    with pytest.raises(ValueError, match=r"no item for row\(s\) \[1, 2"):
+        grade_trajectories(trajs, {0: items[0]}, build_grader(EFF))

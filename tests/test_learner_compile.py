@@ -13,6 +13,7 @@ import torch
 
 from agentrft.policy.learner import Learner
 from agentrft.rl.advantages import token_advantages
+from agentrft.rl.loss import ClippedPolicyLoss
 from agentrft.types import Trajectory
 
 pytestmark = pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile on CPU needs a C++ compiler")
@@ -51,8 +52,8 @@ def test_compiled_updates_match_eager_ones_across_batch_shapes():
     comp = Learner(_model(), lora=None, learning_rate=1e-3, micro_batch_size=4, compile=True)
     for batch in (_trajs(4, 24, 0), _trajs(4, 31, 1), _trajs(3, 17, 2)):  # the 2nd shape makes it dynamic
         advs = [token_advantages(t) for t in batch]
-        a = eager.rl_step(batch, advs, eps_low=0.2, eps_high=0.28)
-        b = comp.rl_step(batch, advs, eps_low=0.2, eps_high=0.28)
+        a = eager.rl_step(batch, advs, ClippedPolicyLoss(0.2, 0.28))
+        b = comp.rl_step(batch, advs, ClippedPolicyLoss(0.2, 0.28))
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
     demo = [(t.token_ids, t.loss_mask) for t in _trajs(2, 20, 3)]

@@ -15,7 +15,7 @@ import pytest
 
 from agentrft.config import MonitorConfig, RunConfig
 from agentrft.data import load_dataset
-from agentrft.evals.evaluate import grade_trajectories
+from agentrft.graders import grade_trajectories
 from agentrft.evals.metrics import agent_metrics
 from agentrft.evals.monitors import Monitor, rank, replay_run, spearman
 from agentrft.graders.base import build_grader
@@ -71,7 +71,7 @@ def rows(lookup_files):
 def graded(rows, answer_fn, grader=LOOPHOLE, holdouts=(EXACT,), samples=2, **kw):
     trajs = [make_traj(r, answer_fn(r, k), k=k, **kw) for r in rows for k in range(samples)]
     hs = {h["name"]: build_grader(h) for h in holdouts}
-    grade_trajectories(trajs, {r.index: r for r in rows}, build_grader(grader), holdouts=hs)
+    grade_trajectories(trajs, {r.index: r.item for r in rows}, build_grader(grader), holdouts=hs)
     return trajs, agent_metrics(trajs)
 
 

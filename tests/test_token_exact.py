@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-import lookup_task
 from agentrft.data import load_dataset
 from agentrft.policy.learner import Learner, load_model_and_tokenizer
-from agentrft.policy.sampler import Generation, SamplingParams, TransformersSampler
+from agentrft.policy.sampling import Generation, SamplingParams
+from agentrft.policy.transformers_sampler import TransformersSampler
 from agentrft.rl.advantages import token_advantages
+from agentrft.rl.loss import ClippedPolicyLoss
 from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
 from agentrft.rollout.render import ChatRenderer
 from agentrft.tools.router import build_router
@@ -162,7 +163,7 @@ def test_real_sampler_rollouts_are_what_the_learner_trains_on(sft_lookup_model, 
         lambda mod, args, kw: seen.append(kw["input_ids"].clone()), with_kwargs=True)
     for k, t in enumerate(trajs):
         t.advantage = 1.0 if k % 2 else -1.0
-    stats = learner.rl_step(trajs, [token_advantages(t) for t in trajs], eps_low=0.2, eps_high=0.2)
+    stats = learner.rl_step(trajs, [token_advantages(t) for t in trajs], ClippedPolicyLoss(0.2, 0.2))
     hook.remove()
     flat = [r for batch in seen for r in batch.tolist()]
     assert len(flat) == len(trajs)
@@ -201,7 +202,8 @@ def test_tool_output_past_the_context_budget_ends_the_rollout(tokenizer, lookup_
     """A 1 MB tool answer must not become a 300k-token training sequence: the rollout ends at the budget with the
     ids the model saw, and the output stays in the messages for graders."""
     from agentrft.tools.registry import make_tool
-    from agentrft.tools.router import PythonToolBackend, ToolRouter
+    from agentrft.tools.python_backend import PythonToolBackend
+    from agentrft.tools.router import ToolRouter
 
     def lookup(key: str) -> str:
         return "x " * 500_000

@@ -18,13 +18,30 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _mount_optional(name: str, module: str, help: str) -> None:
-    """Sub-commands living in other packages (graders, tools, models); mounted when importable."""
+def _unavailable(names: tuple[str, ...], module: str, e: Exception) -> None:
+    """Stand-ins for the commands of a module that failed to import: listed in ``--help`` as unavailable, and when
+    run they print the import error (a missing dependency, a broken install) and exit 2 — a command never silently
+    disappears."""
+    reason = f"{type(e).__name__}: {e}"
+    for name in names:
+        def unavailable(ctx: typer.Context, name: str = name) -> None:
+            err.print(f"[bold red]error:[/] `agentrft {name}` is unavailable: {module} failed to import: {reason}",
+                      highlight=False)
+            raise typer.Exit(2)
+
+        # a plain command that takes any arguments, so whatever the user typed after it gets this answer
+        app.command(name, help=f"(unavailable: {reason})", add_help_option=False,
+                    context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(unavailable)
+
+
+def _mount(name: str, module: str, help: str) -> None:
+    """Sub-command groups living in other packages (graders, tools, models)."""
     import importlib
 
     try:
         sub = importlib.import_module(module).app
-    except (ImportError, AttributeError):
+    except Exception as e:  # noqa: BLE001 — any import-time failure is reported, with its type
+        _unavailable((name,), module, e)
         return
     app.add_typer(sub, name=name, help=help)
 
@@ -36,10 +53,11 @@ def user_errors() -> Iterator[None]:
     from agentrft.data import DatasetError
     from agentrft.graders.base import GraderSpecError
     from agentrft.rl.trainer import TrainingError
+    from agentrft.rollout.stack import ModelLoadError
 
     try:
         yield
-    except (ConfigError, DatasetError, GraderSpecError, TrainingError) as e:
+    except (ConfigError, DatasetError, GraderSpecError, TrainingError, ModelLoadError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
         raise typer.Exit(2) from None
     except FileNotFoundError as e:
@@ -127,6 +145,7 @@ def sft(
 ) -> None:
     """Supervised warm-start on demonstration trajectories (same renderer and loss mask as RL)."""
     _quiet_libraries()
+    from agentrft.progress import sft_progress
     from agentrft.rl.sft import load_sft_config, run_sft
 
     def resolve(base: Path, p: str) -> str:
@@ -137,29 +156,13 @@ def sft(
         cfg, base = load_sft_config(config)
         hp = cfg.hyperparameters
         model = resolve(base, cfg.model) if (base / cfg.model).exists() else cfg.model
-        with sft_progress("sft") as on_step:
+        with sft_progress("sft", console=err) as on_step:
             res = run_sft(model, resolve(base, cfg.demos_file), resolve(base, cfg.output_dir), epochs=hp.epochs,
                           batch_size=hp.batch_size, learning_rate=hp.learning_rate, lora=hp.lora,
                           micro_batch_size=hp.micro_batch_size, seed=hp.seed, max_tokens=hp.max_tokens,
                           until_loss=hp.until_loss, on_step=on_step)
     console.print(f"SFT: {res.steps} steps on {res.examples} demos ({res.tokens} supervised tokens), loss "
                   f"{res.first_loss:.3f} → {res.last_loss:.3f} in {res.wall_s:.0f}s; model written to {res.out_dir}")
-
-
-@contextmanager
-def _bar(label: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=err) as bar:
-        yield bar, bar.add_task(label, total=None, info="")
-
-
-@contextmanager
-def sft_progress(label: str):
-    """A progress bar for :func:`agentrft.rl.sft.run_sft`; yields its ``on_step`` callback."""
-    with _bar(label) as (bar, task):
-        yield lambda i, n, st: bar.update(task, total=n, completed=i, info=f"loss {st['loss']:.3f}")
 
 
 def _store(config: Optional[Path], store: Optional[str]):
@@ -249,24 +252,24 @@ def _print_metrics(m: dict[str, Any], title: str) -> None:
     console.print(t)
 
 
-_mount_optional("grade", "agentrft.graders.cli", "Validate and run graders (OpenAI graders/validate and graders/run).")
-_mount_optional("tools", "agentrft.tools.cli", "Serve tools over HTTP (Agent RFT contract).")
-_mount_optional("model", "agentrft.models.cli", "Build and import models offline.")
-_mount_optional("bench", "agentrft.bench", "Benchmarks side by side: vs HF generate, TRL and the machine's fp32 limit.")
+_mount("grade", "agentrft.graders.cli", "Validate and run graders (OpenAI graders/validate and graders/run).")
+_mount("tools", "agentrft.tools.cli", "Serve tools over HTTP (Agent RFT contract).")
+_mount("model", "agentrft.models.cli", "Build and import models offline.")
+_mount("bench", "agentrft.bench", "Benchmarks side by side: vs HF generate, TRL and the machine's fp32 limit.")
 
 
-def _register_top_level(module: str) -> None:
-    """Modules that contribute top-level commands (check, compare, promote, …) through ``register(app)``."""
+def _register_top_level(module: str, names: tuple[str, ...]) -> None:
+    """Modules that contribute top-level commands (``names``) through ``register(app)``."""
     import importlib
 
     try:
         importlib.import_module(module).register(app)
-    except (ImportError, AttributeError):
-        return
+    except Exception as e:  # noqa: BLE001 — reported when one of its commands is run
+        _unavailable(names, module, e)
 
 
-_register_top_level("agentrft.evals.cli")
-_register_top_level("agentrft.gate.cli")
+_register_top_level("agentrft.evals.cli", ("check", "compare", "monitor", "audit"))
+_register_top_level("agentrft.gate.cli", ("promote", "registry", "regress"))
 
 
 def main() -> None:

@@ -21,10 +21,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -61,8 +70,10 @@ class Hyperparameters(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     eval_temperature: float | None = Field(None, gt=0, description="defaults to temperature")
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    loss: Literal["token", "sequence"] = "token"
+    advantage: str = Field("grpo", pattern=r"^(grpo|dr_grpo|rloo|[\w.]+:\w+)$",
+                           description="grpo | dr_grpo | rloo | module:function (agentrft.rl.advantages)")
+    loss: str = Field("token", pattern=r"^(token|sequence|[\w.]+:\w+)$",
+                      description="token | sequence | module:function returning a PolicyLoss (agentrft.rl.loss)")
     clip_eps_low: float = Field(0.2, ge=0)
     clip_eps_high: float = Field(0.28, ge=0)
     kl_coef: float = Field(0.0, ge=0)
@@ -79,16 +90,66 @@ class Hyperparameters(_Strict):
                                   "at the start, then faster updates for small models (needs a C++ compiler)")
 
 
+class PythonToolConfig(_Strict):
+    """In-process Python tools: ``module:function`` (one ``@tool`` function) or ``module:*`` (all of a module's).
+    A plain string in ``tools`` is this kind."""
+
+    type: Literal["python"] = "python"
+    ref: str = Field(pattern=r"^[\w.]+:(\*|[\w.]+)$")
+
+
 class HttpToolConfig(BaseModel):
+    """An Agent RFT HTTP tool, exactly OpenAI's ``{name, server_url, headers}`` (``server_url`` is the URL each
+    call is POSTed to) plus our optional keys; the HTTP backend validates each field (agentrft.tools.http)."""
+
     model_config = ConfigDict(extra="allow")
+    type: Literal["http"] = "http"
     name: str
     server_url: str
     headers: dict[str, str] = Field(default_factory=dict)
 
 
 class McpToolConfig(BaseModel):
+    """The tools of one MCP server; the MCP backend validates the other keys (agentrft.tools.mcp)."""
+
     model_config = ConfigDict(extra="allow")
-    mcp: str = Field(description="a command line (stdio) or an http(s) URL (streamable HTTP)")
+    type: Literal["mcp"] = "mcp"
+    mcp: str | dict[str, Any] = Field(description="a command line (stdio) or an http(s) URL (streamable HTTP)")
+
+
+class CustomToolConfig(BaseModel):
+    """Tools from a backend of your own: ``type`` names its factory as ``module:function`` (docs/extending.md);
+    the other keys are the factory's."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+
+
+def _tool_kind(entry: Any) -> str:
+    """Which config model a ``tools`` entry is: an explicit ``type``, else the shape (a string is a Python
+    reference; ``server_url`` is the Agent RFT HTTP shape; ``mcp`` an MCP server)."""
+    if isinstance(entry, str):
+        return "python"
+    if isinstance(entry, dict):
+        kind = entry.get("type")
+        if kind is None:
+            return "http" if "server_url" in entry else "mcp" if "mcp" in entry else "unknown"
+        return kind if kind in ("python", "http", "mcp") else "custom"
+    return getattr(entry, "type", "unknown")
+
+
+def _tool_entry(entry: Any) -> Any:
+    return {"type": "python", "ref": entry} if isinstance(entry, str) else entry
+
+
+ToolEntry = Annotated[
+    Annotated[PythonToolConfig, Tag("python")] | Annotated[HttpToolConfig, Tag("http")]
+    | Annotated[McpToolConfig, Tag("mcp")] | Annotated[CustomToolConfig, Tag("custom")],
+    Discriminator(_tool_kind, custom_error_type="tool_kind",
+                  custom_error_message="expected 'module:function' / 'module:*', {name, server_url, headers}, "
+                  "{mcp: ...} or {type: module:factory, ...}"),
+    BeforeValidator(_tool_entry),
+]
 
 
 class ApprovalConfig(_Strict):
@@ -119,7 +180,9 @@ class RunConfig(_Strict):
     model: str
     training_file: str
     validation_file: str | None = None
-    tools: list[str | HttpToolConfig | McpToolConfig] = Field(default_factory=list)
+    environment: str | None = Field(None, description="a bundled environment or module:function returning one; "
+                                    "supplies tools, grader and holdout_graders the config leaves out")
+    tools: list[ToolEntry] = Field(default_factory=list)
     grader: dict[str, Any]
     holdout_graders: dict[str, dict[str, Any]] = Field(default_factory=dict)
     monitors: MonitorConfig = Field(default_factory=MonitorConfig)
@@ -129,6 +192,25 @@ class RunConfig(_Strict):
     store: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<output_dir>/agentrft.db")
     output_dir: str = "runs"
     base_dir: str = Field(".", description="set by the loader: the config file's directory")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_environment(cls, data: Any) -> Any:
+        """Fill ``tools``/``grader``/``holdout_graders`` from the named environment where the config has none. The
+        environment is resolved like every user reference (agentrft.refs), so this layer imports no environment."""
+        if not isinstance(data, dict) or not data.get("environment"):
+            return data
+        try:
+            env = load_environment_ref(str(data["environment"]))
+        except ValueError as e:
+            raise ValueError(f"environment: {e}") from None
+        data = dict(data)
+        if not data.get("tools"):
+            data["tools"] = list(env.tool_refs)
+        data.setdefault("grader", env.grader)
+        if not data.get("holdout_graders"):
+            data["holdout_graders"] = dict(env.holdout_graders)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -163,11 +245,34 @@ class RunConfig(_Strict):
         return str(local) if local is not None and local.exists() else self.model
 
 
+def load_environment_ref(name: str) -> Any:
+    """The environment ``name`` names: a bundled one (``agentrft.environments.<name>:load_environment``) or a
+    ``module:function`` reference returning one."""
+    import importlib.util
+
+    from agentrft.refs import load_callable
+
+    if ":" not in name:
+        if not name.isidentifier() or importlib.util.find_spec(f"agentrft.environments.{name}") is None:
+            raise ValueError(f"unknown environment {name!r} (a bundled name such as repo_locator or support_desk, "
+                             "or 'module:function')")
+        name = f"agentrft.environments.{name}:load_environment"
+    env = load_callable(name)()
+    for attr in ("tool_refs", "grader", "holdout_graders"):
+        if not hasattr(env, attr):
+            raise ValueError(f"environment {name!r} returned {type(env).__name__}, which has no {attr!r}")
+    return env
+
+
 def _format_errors(e: ValidationError, source: str) -> str:
     lines = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-", "str", "HttpToolConfig")))
-        lines.append(f"{source}: {loc or '(top level)'}: {err['msg']}")
+        loc = ".".join(str(x) for x in err["loc"]
+                       if not str(x).startswith(("function-", "str", "HttpToolConfig"))
+                       and str(x) not in ("python", "http", "mcp", "custom"))
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {msg}" if not loc and msg.startswith("environment: ") else
+                     f"{source}: {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 

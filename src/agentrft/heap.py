@@ -1,9 +1,9 @@
 """Keep Python's cyclic garbage collector off the long-lived heap while a run is going.
 
-A loaded model, tokenizer, transformers and torch leave ~420k tracked objects on the heap. Every full (oldest
-generation) collection walks all of them: measured 270–370 ms per collection on the benchmark's 1M-parameter
-GRPO run, about once every 16 steps of 0.3 s, landing inside whatever happened to allocate (a chat-template
-render, a store write) — the 0.25–0.3 s outlier steps in the overhead figures. ``gc.freeze()`` moves what
+A loaded model, tokenizer, transformers and torch leave hundreds of thousands of tracked objects on the heap.
+Every full (oldest generation) collection walks all of them — on a small model's GRPO run, a pause as long as a
+whole step every few dozen steps, landing inside whatever happened to allocate (a chat-template render, a store
+write); the figures are in docs/benchmarks.md. ``gc.freeze()`` moves what
 exists at the start of a run into a permanent generation that collections skip; what the run allocates is
 still collected as usual. The objects are handed back (``gc.unfreeze()``) when the outermost run ends, so a
 process that runs several trainings (tests, notebooks) can still free the first one's cycles.

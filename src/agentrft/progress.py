@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -78,3 +79,12 @@ class TrainProgress:
                 f"eval @ step {step}: reward {m['reward_mean']:.3f}  pass {m['pass_rate']:.2f}  "
                 f"calls/traj {m['tool_calls_per_traj']:.2f}  latency {m['latency_s_mean']:.2f}s"
             )
+
+
+@contextmanager
+def sft_progress(label: str, console: Console | None = None) -> Iterator[Any]:
+    """A progress bar for :func:`agentrft.rl.sft.run_sft`; yields its ``on_step(step, total, stats)`` callback."""
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console or Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=None, info="")
+        yield lambda i, n, st: bar.update(task, total=n, completed=i, info=f"loss {st['loss']:.3f}")

@@ -69,7 +69,7 @@ def run_quickstart(env_name: str = "repo_locator", out: str | Path = "runs/quick
                              wrong_frac=0.0, redundant_frac=0.0)
     phases["generate"] = time.perf_counter() - t
 
-    from agentrft.cli import sft_progress
+    from agentrft.progress import sft_progress
 
     t = time.perf_counter()
     console.print("[bold]2/5[/] building a tiny tool-calling model (tokenizer trained on the environment's text) "
@@ -78,14 +78,14 @@ def run_quickstart(env_name: str = "repo_locator", out: str | Path = "runs/quick
     model_dir = build_tiny_model(corpus, out / "model", TinyModelSpec(seed=seed, **preset["model"]))
     phases["build_model"] = time.perf_counter() - t
     t = time.perf_counter()
-    with sft_progress("pretrain") as on_step:
+    with sft_progress("pretrain", console) as on_step:
         base = run_sft(str(model_dir), pre_files["demos"], out / "base", seed=seed, **preset["pretrain"],
                        on_step=on_step)
     phases["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
     console.print("[bold]3/5[/] SFT warm-start on imperfect demonstrations")
-    with sft_progress("sft") as on_step:
+    with sft_progress("sft", console) as on_step:
         sft = run_sft(str(base.out_dir), files["demos"], out / "sft", seed=seed, **preset["sft"], on_step=on_step)
     phases["sft"] = time.perf_counter() - t
 

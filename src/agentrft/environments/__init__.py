@@ -1,12 +1,19 @@
-"""The bundled environments: seeded task generators, their tools, graders and demonstrations.
+"""Environments: seeded task generators with their tools, graders and demonstrations — the two bundled ones and
+any of yours, named by reference.
 
->>> env = get_environment("repo_locator")
+>>> env = get_environment("repo_locator")           # or "mypkg.envs:load_environment"
 >>> paths = env.generate("data/repo", seed=0)      # {"train", "valid", "demos", "grader", ...} -> Path
 >>> texts = list(env.corpus("data/repo"))           # for the tiny model's tokenizer
 
 Each environment is a package: ``generator.py`` (rows, demos, corpus), ``tools.py`` (``@tool`` functions;
 ``tool_refs`` names them for the tool registry / HTTP tool server) and ``graders.py`` (scoring functions
 for ``python_function`` graders and the grader JSON). See docs/environments.md for the reward formulas.
+
+An environment of your own is a module with ``generate(out_dir, seed, n_train, n_valid, **kw)`` and
+``corpus(out_dir)`` and a function returning its :class:`Environment` (``module`` = that module); name it as
+``module:function`` wherever a bundled name is accepted: a run config's ``environment`` (which then supplies
+``tools``, ``grader`` and ``holdout_graders`` the config leaves out), ``agentrft quickstart --env``,
+``agentrft model tiny --env``, ``agentrft tools serve`` (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ class Environment:
         Byte-identical output for the same arguments. Extra keywords: ``n_demos`` (default n_train),
         ``wrong_frac`` (0.3), ``redundant_frac`` (0.5)."""
         return self._mod().generate(out_dir, seed=seed, n_train=n_train, n_valid=n_valid, **kw)
+
+    def python_tools(self) -> list[Any]:
+        """The environment's tools as :class:`~agentrft.tools.registry.PythonTool` objects."""
+        from agentrft.tools.registry import resolve_python_tool
+
+        return [t for ref in self.tool_refs for t in resolve_python_tool(ref)]
 
     def corpus(self, out_dir: str | Path) -> Iterator[str]:
         """Every text the model will see for the data generated in ``out_dir`` (prompts, tool schemas,
@@ -87,13 +100,19 @@ ENVIRONMENTS: dict[str, Environment] = _build()
 
 
 def get_environment(name: str) -> Environment:
-    """The bundled environment called ``name``; a ValueError lists the known names otherwise."""
-    try:
+    """The bundled environment called ``name``, or the one a ``module:function`` reference returns; a ValueError
+    says why otherwise (listing the bundled names)."""
+    if isinstance(name, str) and name in ENVIRONMENTS:
         return ENVIRONMENTS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown environment {name!r}; known environments: {', '.join(sorted(ENVIRONMENTS))}"
-        ) from None
+    if not isinstance(name, str) or ":" not in name:
+        raise ValueError(f"unknown environment {name!r}; known environments: {', '.join(sorted(ENVIRONMENTS))} "
+                         "(or 'module:function' returning an Environment)")
+    from agentrft.refs import load_callable
+
+    env = load_callable(name)()
+    if not isinstance(env, Environment):
+        raise ValueError(f"environment {name!r}: returned {type(env).__name__}, not an agentrft Environment")
+    return env
 
 
 __all__ = ["ENVIRONMENTS", "Environment", "get_environment"]

@@ -222,7 +222,8 @@ def run_check(cfg: Any, *, samples: int = 4, max_items: int | None = 32, model: 
     each, and return the report (also written to ``out_dir`` as report.json / report.md when given)."""
     from agentrft.data import load_dataset
     from agentrft.evals.run_eval import EvalSession
-    from agentrft.graders.base import build_grader, sample_from_trajectory
+    from agentrft.graders.base import build_grader
+    from agentrft.graders.batch import grade_trajectory
     from agentrft.store import RunStore
 
     th = thresholds or CheckThresholds()
@@ -252,8 +253,7 @@ def run_check(cfg: Any, *, samples: int = 4, max_items: int | None = 32, model: 
             if regrade:
                 fresh = build_grader(cfg.grader)
                 items = {r.index: r.item for r in subset}
-                again = {t.trace_id: float(fresh.grade(sample_from_trajectory(t, cfg.response_format),
-                                                       items[t.row_index], trace_id=t.trace_id).score)
+                again = {t.trace_id: float(grade_trajectory(fresh, t, items[t.row_index], cfg.response_format).score)
                          for t in trajs if not t.dropped}
             splits[name] = assess_split(trajs, lo=lo, hi=hi, regrade=again)
             trajs_by[name] = trajs

@@ -13,8 +13,8 @@ model A and model B on row i are *paired*. For each metric it reports, per candi
 The same machinery compares two *recorded* evaluations (``compare_recorded``: e.g. a run's step-0 baseline eval
 and a checkpoint's eval, read back from the store), which is what promotion uses.
 
-Trajectories come in two shapes — live :class:`~agentrft.types.Trajectory` objects and the dicts the store returns
-— and :func:`traj_view` reads both into one flat dict.
+Live :class:`~agentrft.types.Trajectory` objects and the store's records (converted by the store) are read into one
+flat dict of what comparisons need by :func:`traj_view`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from agentrft.evals.stats import paired_bootstrap
+from agentrft.store.records import trajectory_from_record
 
 # metric name -> (how to read it from a trajectory view, higher is better?)
 METRICS: dict[str, bool] = {
@@ -43,34 +44,22 @@ METRICS: dict[str, bool] = {
 
 # ---- one view of a trajectory -----------------------------------------------------------------------------
 def traj_view(t: Any) -> dict[str, Any]:
-    """A flat dict of what comparisons and monitors read, from a Trajectory or a stored trajectory dict:
-    ``trace_id, row_index, sample_index, dropped, reward, passed, num_tool_calls, tool_errors, num_turns,
-    completion_tokens, latency_s, tool_names`` and ``grades`` = {grader name: {score, passed, version, holdout,
-    errors, sub_rewards, type}} (the reward grade first). ``passed`` follows :func:`agentrft.evals.metrics.passed`:
-    the reward grade's ``passed`` when set, else reward ≥ 0.999."""
+    """A flat dict of what comparisons and monitors read, from a Trajectory (or a stored trajectory dict, converted
+    by the store's :func:`~agentrft.store.records.trajectory_from_record`): ``trace_id, row_index, sample_index,
+    dropped, reward, passed, num_tool_calls, tool_errors, num_turns, completion_tokens, latency_s, tool_names`` and
+    ``grades`` = {grader name: {score, passed, version, holdout, errors, sub_rewards, type}} (the reward grade
+    first). ``passed`` follows :func:`agentrft.evals.metrics.passed`: the reward grade's ``passed`` when set, else
+    reward ≥ 0.999."""
     if isinstance(t, dict):
-        grades = t.get("grades") or []
-        gl = [{"name": g["grader_name"], "type": g.get("grader_type", ""), "score": float(g.get("score") or 0.0),
-               "passed": g.get("passed"), "version": g.get("version", ""),
-               "holdout": bool((g.get("metadata") or {}).get("holdout")), "errors": g.get("errors") or {},
-               "sub_rewards": g.get("sub_rewards") or {}} for g in grades]
-        names = [c["name"] for c in t.get("tool_calls") or []]
-        v = {"trace_id": t.get("trace_id"), "row_index": int(t.get("row_index", 0)),
-             "sample_index": int(t.get("sample_index") or 0), "dropped": t.get("outcome") == "dropped",
-             "outcome": t.get("outcome"), "reward": float(t.get("reward") or 0.0),
-             "num_tool_calls": int(t.get("num_tool_calls") or 0), "tool_errors": int(t.get("tool_errors") or 0),
-             "num_turns": int(t.get("num_turns") or 0), "completion_tokens": int(t.get("completion_tokens") or 0),
-             "latency_s": float(t.get("latency_s") or 0.0), "tool_names": names,
-             "checkpoint_id": t.get("checkpoint_id")}
-    else:
-        gl = [{"name": g.grader_name, "type": g.grader_type, "score": float(g.score), "passed": g.passed,
-               "version": g.version, "holdout": bool(g.metadata.get("holdout")), "errors": dict(g.errors),
-               "sub_rewards": dict(g.sub_rewards)} for g in t.grades]
-        v = {"trace_id": t.trace_id, "row_index": int(t.row_index), "sample_index": int(t.sample_index),
-             "dropped": t.dropped, "outcome": t.outcome, "reward": float(t.reward or 0.0),
-             "num_tool_calls": t.num_tool_calls, "tool_errors": t.tool_errors, "num_turns": t.num_turns,
-             "completion_tokens": t.completion_tokens, "latency_s": float(t.latency_s),
-             "tool_names": [c.name for c in t.tool_calls], "checkpoint_id": t.checkpoint_id}
+        t = trajectory_from_record(t)
+    gl = [{"name": g.grader_name, "type": g.grader_type, "score": float(g.score), "passed": g.passed,
+           "version": g.version, "holdout": bool(g.metadata.get("holdout")), "errors": dict(g.errors),
+           "sub_rewards": dict(g.sub_rewards)} for g in t.grades]
+    v = {"trace_id": t.trace_id, "row_index": int(t.row_index), "sample_index": int(t.sample_index),
+         "dropped": t.dropped, "outcome": t.outcome, "reward": float(t.reward or 0.0),
+         "num_tool_calls": t.num_tool_calls, "tool_errors": t.tool_errors, "num_turns": t.num_turns,
+         "completion_tokens": t.completion_tokens, "latency_s": float(t.latency_s),
+         "tool_names": [c.name for c in t.tool_calls], "checkpoint_id": t.checkpoint_id}
     first = gl[0] if gl else None
     if first is not None and first["passed"] is not None:
         v["passed"] = 1.0 if first["passed"] else 0.0
@@ -79,40 +68,6 @@ def traj_view(t: Any) -> dict[str, Any]:
     v["grades"] = {g["name"]: g for g in gl}
     v["reward_grader"] = first["name"] if first else None
     return v
-
-
-def trajectory_from_stored(d: dict[str, Any]) -> Any:
-    """A :class:`~agentrft.types.Trajectory` rebuilt from a stored trajectory dict — messages, turns with their
-    tool calls, outcome, timings and token counts (``loss_mask`` as ``completion_tokens`` ones; the token ids
-    themselves are not stored) — so a grader can be run again on a recorded rollout
-    (:func:`agentrft.graders.base.sample_from_trajectory`)."""
-    from agentrft.types import Grade, ToolCall, Trajectory, Turn
-
-    calls_by_turn: dict[int, list[Any]] = defaultdict(list)
-    for c in d.get("tool_calls") or []:
-        calls_by_turn[int(c.get("turn_index") or 0)].append(ToolCall(
-            call_id=c.get("call_id") or "", name=c.get("name") or "", arguments=c.get("arguments") or "",
-            turn_index=int(c.get("turn_index") or 0), output=c.get("output") or "", status=c.get("status") or "ok",
-            error=c.get("error"), latency_s=float(c.get("latency_s") or 0.0), retries=int(c.get("retries") or 0),
-            meta=dict(c.get("meta") or {})))
-    turns = [Turn(index=int(u.get("index", i)), start=int(u.get("start") or 0), end=int(u.get("end") or 0),
-                  text=u.get("text") or "", finish_reason=u.get("finish_reason") or "stop",
-                  tool_calls=calls_by_turn.get(int(u.get("index", i)), []), parse_error=u.get("parse_error"),
-                  gen_latency_s=float(u.get("gen_latency_s") or 0.0))
-             for i, u in enumerate(d.get("turns") or [])]
-    n = int(d.get("completion_tokens") or 0)
-    grades = [Grade(grader_name=g["grader_name"], grader_type=g.get("grader_type", ""), version=g.get("version", ""),
-                    score=float(g.get("score") or 0.0), errors=dict(g.get("errors") or {}),
-                    sub_rewards=dict(g.get("sub_rewards") or {}), passed=g.get("passed"),
-                    turn_scores=g.get("turn_scores"), metadata=dict(g.get("metadata") or {}))
-              for g in d.get("grades") or []]
-    return Trajectory(trace_id=d["trace_id"], row_index=int(d.get("row_index") or 0), split=d.get("split") or "valid",
-                      group_id=d.get("group_id") or "", sample_index=int(d.get("sample_index") or 0),
-                      messages=list(d.get("messages") or []), loss_mask=[1] * n, prompt_len=int(d.get("prompt_tokens") or 0),
-                      turns=turns, outcome=d.get("outcome") or "completed", drop_reason=d.get("drop_reason"),
-                      latency_s=float(d.get("latency_s") or 0.0), tool_time_s=float(d.get("tool_time_s") or 0.0),
-                      reward=d.get("reward"), grades=grades, checkpoint_id=d.get("checkpoint_id"),
-                      advantage=d.get("advantage"))
 
 
 def views(trajs: Iterable[Any]) -> list[dict[str, Any]]:

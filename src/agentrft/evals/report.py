@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agentrft.evals.stats import compare_runs
+from agentrft.evals.compare import paired
 from agentrft.store import RunStore
 
 COMPARED = [
@@ -22,24 +22,6 @@ COMPARED = [
     ("latency_s", "latency / trajectory (s)", False),
     ("completion_tokens", "completion tokens", False),
 ]
-
-
-def _traj_value(t: dict[str, Any], key: str) -> float:
-    if key == "passed":
-        g = t["grades"][0] if t.get("grades") else None
-        if g and g.get("passed") is not None:
-            return 1.0 if g["passed"] else 0.0
-        return 1.0 if (t.get("reward") or 0) >= 0.999 else 0.0
-    return float(t.get(key) or 0.0)
-
-
-def _with_values(trajs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for t in trajs:
-        d = dict(t)
-        d["passed"] = _traj_value(t, "passed")
-        out.append(d)
-    return out
 
 
 def best_valid_step(store: RunStore, run_id: str) -> int:
@@ -61,8 +43,8 @@ def build_report(store: RunStore, run_id: str, out_dir: str | Path, *, phases: d
     valid = store.step_metrics(run_id, split="valid")
     train = store.step_metrics(run_id, split="train")
     best = best_valid_step(store, run_id)
-    base_t = _with_values(store.trajectories(run_id, step=0, split="valid"))
-    best_t = _with_values(store.trajectories(run_id, step=best, split="valid"))
+    base_t = store.trajectories(run_id, step=0, split="valid")
+    best_t = store.trajectories(run_id, step=best, split="valid")
 
     # curves
     pngs = {}
@@ -88,8 +70,9 @@ def build_report(store: RunStore, run_id: str, out_dir: str | Path, *, phases: d
     # baseline vs best, paired per item
     table = {}
     for key, label, higher_better in COMPARED:
-        d = compare_runs(base_t, best_t, value=key)
-        table[key] = {"label": label, "higher_is_better": higher_better, **d.as_dict()}
+        d = paired(base_t, best_t, key)
+        table[key] = {"label": label, "higher_is_better": higher_better,
+                      **{k: v for k, v in d.items() if k not in ("significant", "metric")}}
 
     # the same task before and after
     pair = _before_after(base_t, best_t)

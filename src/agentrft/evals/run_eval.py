@@ -9,37 +9,21 @@ from typing import Any
 from agentrft.config import RunConfig
 from agentrft.data import load_dataset
 from agentrft.evals.evaluate import evaluate
-from agentrft.graders.base import build_grader
 from agentrft.heap import long_lived_objects_frozen
-from agentrft.policy.learner import load_model_and_tokenizer
-from agentrft.policy.sampler import SamplingParams, TransformersSampler
 from agentrft.progress import TrainProgress
-from agentrft.rollout.agent import AgentLoop, RolloutLimits
-from agentrft.rollout.render import ChatRenderer
+from agentrft.rollout.stack import RolloutStack
 from agentrft.store import RunStore
-from agentrft.tools.router import build_router
 
 
 class EvalSession:
     """A loaded model + tools + grader, reusable across datasets (``compare`` evaluates many)."""
 
     def __init__(self, cfg: RunConfig, model: str):
-        hp = cfg.hyperparameters
         self.cfg = cfg
-        self.router = build_router(cfg.tools, timeout_s=hp.tool_timeout_s, max_workers=hp.tool_workers,
-                                   approval=cfg.approval.policy)
-        self.grader = build_grader(cfg.grader)
-        self.holdouts = {n: build_grader({"name": n, **s}) for n, s in cfg.holdout_graders.items()}
-        path = cfg.path(model)
-        self.model_ref = str(path) if path is not None and path.exists() else model
-        self.model, self.tokenizer = load_model_and_tokenizer(self.model_ref)
-        self.renderer = ChatRenderer(self.tokenizer)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.renderer.eos_id
-        self.sampler = TransformersSampler(self.model, stop_ids=self.renderer.stop_ids, pad_id=pad)
-        self.loop = AgentLoop(self.sampler, self.renderer, self.router,
-                              limits=RolloutLimits(hp.max_turns, hp.max_episode_steps, hp.max_context_tokens),
-                              max_batch=hp.max_batch_trajectories, checkpoint_id=self.model_ref)
-        self.params = SamplingParams(hp.eval_temperature or hp.temperature, hp.top_p, hp.max_new_tokens)
+        self.stack = RolloutStack.for_model(cfg, model)
+        self.router, self.grader, self.holdouts = self.stack.router, self.stack.grader, self.stack.holdouts
+        self.model_ref = self.stack.policy.ref  # type: ignore[union-attr]
+        self.loop, self.params = self.stack.loop, self.stack.eval_params
 
     def evaluate(self, rows: list[Any], *, samples: int, split: str, data_dir: str, progress: bool = True,
                  console: Any = None):
@@ -50,7 +34,7 @@ class EvalSession:
                             response_format=self.cfg.response_format, data_dir=data_dir, on_done=prog.rollout_done)
 
     def close(self) -> None:
-        self.router.close()
+        self.stack.close()
 
 
 def run_eval(cfg: RunConfig, *, model: str, data: str | Path, samples: int | None = None, console: Any = None,

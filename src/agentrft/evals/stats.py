@@ -9,7 +9,6 @@ agent tasks, so the interval is much tighter than comparing two unpaired means.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -50,23 +49,3 @@ def paired_bootstrap(a: Iterable[float], b: Iterable[float], *, n_boot: int = 20
     alpha = 1 - confidence
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return PairedDiff(float(xa.mean()), float(xb.mean()), float(d.mean()), float(lo), float(hi), n, confidence)
-
-
-def per_item_means(trajs: Iterable[Any], value: str = "reward") -> dict[int, float]:
-    """Mean of a per-trajectory value per dataset row (dropped trajectories excluded). ``value`` is an attribute of
-    :class:`~agentrft.types.Trajectory` or a key of a stored trajectory dict."""
-    acc: dict[int, list[float]] = defaultdict(list)
-    for t in trajs:
-        get = (lambda k: t.get(k)) if isinstance(t, dict) else (lambda k: getattr(t, k))
-        if get("outcome") == "dropped":
-            continue
-        v = get(value)
-        acc[int(get("row_index"))].append(float(v or 0.0))
-    return {k: float(np.mean(v)) for k, v in acc.items()}
-
-
-def compare_runs(trajs_a: Iterable[Any], trajs_b: Iterable[Any], value: str = "reward", **kw: Any) -> PairedDiff:
-    """Paired comparison over the items both sides evaluated."""
-    ma, mb = per_item_means(trajs_a, value), per_item_means(trajs_b, value)
-    common = sorted(set(ma) & set(mb))
-    return paired_bootstrap([ma[i] for i in common], [mb[i] for i in common], **kw)

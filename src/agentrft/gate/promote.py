@@ -31,9 +31,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrft.evals.compare import compare_trajectories, find_checkpoint, traj_view, trajectory_from_stored, views
+from agentrft.evals.compare import (
+    compare_trajectories,
+    find_checkpoint,
+    traj_view,
+    views,
+)
 from agentrft.evals.monitors import replay_run
 from agentrft.gate.policy import PromotionPolicy
+from agentrft.graders.batch import grade_trajectory
+from agentrft.store.records import trajectory_from_record
 
 FAILING_VERDICTS = ("fail", "hack", "unsafe")
 
@@ -90,7 +97,7 @@ def _pass_of(g: dict[str, Any], score: float) -> bool:
 def safety_pass_rate(cand: list[dict], gate_grader: Any, *, rows: dict[int, Any] | None = None,
                      response_format: dict | None = None) -> tuple[float, int, str]:
     """(pass rate, trajectories counted, grader version) of the safety grader over non-dropped trajectories."""
-    from agentrft.graders.base import build_grader, sample_from_trajectory
+    from agentrft.graders.base import build_grader
 
     kept = [t for t in cand if t.get("outcome") != "dropped"]
     if isinstance(gate_grader, dict):
@@ -101,8 +108,7 @@ def safety_pass_rate(cand: list[dict], gate_grader: Any, *, rows: dict[int, Any]
         passes = []
         for t in kept:
             item = rows[t["row_index"]].item
-            g = grader.grade(sample_from_trajectory(trajectory_from_stored(t), response_format), item,
-                             trace_id=t["trace_id"])
+            g = grade_trajectory(grader, trajectory_from_record(t), item, response_format)
             passes.append(_pass_of({"passed": g.passed}, g.score) and not g.has_error)
         return (sum(passes) / len(passes) if passes else 0.0), len(passes), grader.version
     name = str(gate_grader)

@@ -7,10 +7,10 @@ from agentrft.graders.base import Grader, GraderSpecError, build_grader, grader_
 
 # Built-in types register themselves on import (additive to the shared contract).
 from agentrft.graders import string_check as _string_check  # noqa: F401,E402
-from agentrft.graders import python_function as _python_function  # noqa: F401,E402
+from agentrft.graders import python_trusted as _python_trusted  # noqa: F401,E402
 from agentrft.graders import multi as _multi  # noqa: F401,E402
 from agentrft.graders import text_similarity as _text_similarity  # noqa: F401,E402
-from agentrft.graders import python_grader as _python_grader  # noqa: F401,E402
+from agentrft.graders import python_sandboxed as _python_sandboxed  # noqa: F401,E402
 from agentrft.graders import model_graders as _model_graders  # noqa: F401,E402
 from agentrft.graders import endpoint as _endpoint  # noqa: F401,E402
 from agentrft.graders import trajectory as _trajectory  # noqa: F401,E402

@@ -18,7 +18,7 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from agentrft.types import Grade, Trajectory
 
@@ -128,9 +128,19 @@ def build_grader(spec: dict[str, Any]) -> Grader:
     if not isinstance(spec, dict):
         raise GraderSpecError(f"grader must be a JSON object, got {type(spec).__name__}")
     t = spec.get("type")
+    if isinstance(t, str) and ":" in t and t not in GRADER_TYPES:  # a grader class of your own, by reference
+        from agentrft.refs import load_callable
+
+        try:
+            cls = load_callable(t)
+        except ValueError as e:
+            raise GraderSpecError(f"grader.type: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Grader)):
+            raise GraderSpecError(f"grader.type: {t!r} is not a Grader subclass")
+        return cls(spec)
     if t not in GRADER_TYPES:
         known = ", ".join(sorted(GRADER_TYPES))
-        raise GraderSpecError(f"grader.type: unknown grader type {t!r} (known: {known})")
+        raise GraderSpecError(f"grader.type: unknown grader type {t!r} (known: {known}, or module:Class)")
     return GRADER_TYPES[t](spec)
 
 
@@ -197,26 +207,3 @@ def sample_from_text(text: str) -> dict[str, Any]:
         "output_tools": [],
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
     }
-
-
-def load_callable(ref: str) -> Callable[..., Any]:
-    """Resolve ``"package.module:function"`` (or a dotted path) to a callable, with a clear error."""
-    import importlib
-
-    mod_name, sep, attr = ref.partition(":")
-    if not sep:
-        mod_name, _, attr = ref.rpartition(".")
-    if not mod_name or not attr:
-        raise ValueError(f"{ref!r}: expected 'module:function'")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ValueError(f"{ref!r}: cannot import module {mod_name!r}: {e}") from e
-    obj: Any = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{ref!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"{ref!r}: {attr!r} is not callable")
-    return obj

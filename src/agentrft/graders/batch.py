@@ -1,16 +1,20 @@
-"""Grading many rollouts at once: what the training loop calls once per step.
+"""Grading rollouts: the one path training, evaluation and the readiness check use.
 
-``grade_trajectories(grader, trajectories, items)`` returns one :class:`~agentrft.types.Grade` per trajectory,
-in order. Graders that wait on I/O (``python`` sandbox, model judges, endpoints, a ``multi`` or ``process``
-containing one — ``grader.io_bound``) are run from ``max_workers`` threads (default 8), so the sandbox pool's
-workers and the judge's connections are all busy; deterministic graders run inline (threads would only add
-overhead under the GIL). Like ``Grader.grade``, nothing raises for a bad sample: each Grade carries its flags.
+``grade_trajectories(trajs, items, grader, holdouts=...)`` grades every trajectory that was not dropped, in place:
+``grades[0]`` is the reward grader's verdict (its score becomes ``reward``), then one grade per holdout grader
+(recorded, never part of the reward). A reward grade that asks for the rollout to be dropped (an endpoint grader
+that never answered, per the Agent RFT contract) drops it instead of scoring it 0.
+
+Graders that wait on I/O (``python`` sandbox, model judges, endpoints, a ``multi`` or ``process`` containing one —
+``grader.io_bound``) are run from ``workers`` threads so the sandbox pool and the judge's connections are all
+busy; deterministic graders run inline (threads would only add overhead under the GIL). Nothing raises for a bad
+sample: each Grade carries its flags.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 from agentrft.graders.base import Grade, Grader, sample_from_trajectory
 from agentrft.types import Trajectory
@@ -18,15 +22,48 @@ from agentrft.types import Trajectory
 
 def grade_trajectory(grader: Grader, traj: Trajectory, item: dict[str, Any],
                      response_format: dict[str, Any] | None = None) -> Grade:
-    """Grade one rollout: OpenAI's sample view plus ``trajectory``, and the rollout's ``trace_id``."""
+    """One grader on one rollout: OpenAI's sample view plus ``trajectory``, and the rollout's ``trace_id``."""
     return grader.grade(sample_from_trajectory(traj, response_format), item, trace_id=traj.trace_id)
 
 
-def grade_trajectories(grader: Grader, trajectories: Sequence[Trajectory], items: Sequence[dict[str, Any]],
-                       response_format: dict[str, Any] | None = None, max_workers: int = 8) -> list[Grade]:
-    if len(trajectories) != len(items):
-        raise ValueError(f"grade_trajectories: {len(trajectories)} trajectories but {len(items)} items")
-    if not getattr(grader, "io_bound", False) or max_workers <= 1 or len(trajectories) <= 1:
-        return [grade_trajectory(grader, t, it, response_format) for t, it in zip(trajectories, items)]
-    with cf.ThreadPoolExecutor(min(max_workers, len(trajectories))) as ex:
-        return list(ex.map(lambda p: grade_trajectory(grader, p[0], p[1], response_format), zip(trajectories, items)))
+def grade_trajectories(
+    trajs: list[Trajectory],
+    items: Mapping[int, dict[str, Any]],
+    grader: Grader,
+    *,
+    holdouts: Mapping[str, Grader] | None = None,
+    response_format: dict[str, Any] | None = None,
+    workers: int = 8,
+) -> None:
+    """Grade every non-dropped trajectory in place; ``items`` maps a trajectory's ``row_index`` to its dataset
+    item (the reference fields graders template against)."""
+    holdouts = holdouts or {}
+    todo = [t for t in trajs if not t.dropped]
+    missing = sorted({t.row_index for t in todo} - set(items))
+    if missing:
+        raise ValueError(f"grade_trajectories: no item for row(s) {missing[:5]}")
+
+    def one(t: Trajectory) -> None:
+        item = items[t.row_index]
+        sample = sample_from_trajectory(t, response_format)
+        g = grader.grade(sample, item, trace_id=t.trace_id)
+        grades = [g]
+        for h in holdouts.values():
+            hg = h.grade(sample, item, trace_id=t.trace_id)
+            hg.metadata["holdout"] = True
+            grades.append(hg)
+        t.grades = grades
+        if g.metadata.get("drop_rollout"):
+            t.outcome = "dropped"
+            t.drop_reason = f"grader {g.grader_name!r}: " + str(g.metadata.get("error") or "unresponsive")
+            t.reward = None
+            return
+        t.reward = float(g.score)
+
+    io_bound = any(getattr(x, "io_bound", False) for x in [grader, *holdouts.values()])
+    if not io_bound or workers <= 1 or len(todo) <= 1:
+        for t in todo:
+            one(t)
+        return
+    with cf.ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="grade") as ex:
+        list(ex.map(one, todo))

@@ -5,6 +5,9 @@
   data), trains a byte-level BPE tokenizer on its corpus (prompts, tool schemas, demo turns, tool outputs) and
   writes an untrained Llama-style model with the ChatML tool template to ``DIR/model``. Prints a JSON summary
   (paths, parameters, vocabulary). The model needs the SFT warm-start on ``DIR/data/demos.jsonl`` before RL.
+* ``agentrft model tiny --data DIR --out models/tiny`` (no ``--env``) — the same from your own OpenAI-format files:
+  ``DIR``'s train.jsonl / valid.jsonl / demos.jsonl, or the files named by ``--train/--valid/--demos``. A model
+  for trying the flywheel on your task on a CPU, before a real one.
 * ``agentrft model import-gguf PATH --out DIR [--template auto|gemma|chatml] [--keep-template] [--overwrite]``
   — a GGUF file → float32 transformers directory with a tool-calling chat template (see
   :mod:`agentrft.models.gguf`). Prints the import record as JSON.
@@ -47,7 +50,8 @@ def _quiet() -> None:
 
 @app.command()
 def tiny(
-    env: str = typer.Option(..., "--env", help="bundled environment whose text trains the tokenizer"),
+    env: Optional[str] = typer.Option(None, "--env", help="environment (bundled or module:function) whose text "
+                                      "trains the tokenizer; without it, --data/--train/--valid/--demos files do"),
     out: Path = typer.Option(..., "--out", help="output directory (gets model/ and data/)"),
     vocab_size: int = typer.Option(1024, "--vocab-size", min=300, help="BPE vocabulary size (≥ 300: bytes + specials)"),
     hidden_size: int = typer.Option(128, "--hidden-size", min=8),
@@ -55,24 +59,83 @@ def tiny(
     heads: int = typer.Option(4, "--heads", min=1),
     kv_heads: int = typer.Option(2, "--kv-heads", min=1),
     seed: int = typer.Option(0, "--seed"),
-    data: Optional[Path] = typer.Option(None, "--data", help="use data already generated here instead of DIR/data"),
+    data: Optional[Path] = typer.Option(None, "--data", help="with --env: data already generated here; without: a "
+                                        "directory of OpenAI-format train.jsonl / valid.jsonl / demos.jsonl"),
+    train: Optional[Path] = typer.Option(None, "--train", help="training rows (OpenAI RFT JSONL), without --env"),
+    valid: Optional[Path] = typer.Option(None, "--valid", help="validation rows, without --env"),
+    demos: Optional[Path] = typer.Option(None, "--demos", help="demonstration conversations, without --env"),
     n_train: int = typer.Option(200, "--n-train", min=1, help="rows to generate (when --data is not given)"),
     n_valid: int = typer.Option(50, "--n-valid", min=1),
 ) -> None:
     """Build a tiny tool-calling model whose tokenizer is trained on an environment's text."""
     _quiet()
-    from agentrft.environments import get_environment
     from agentrft.models.tiny import TinyModelSpec, build_tiny_model
 
-    try:
-        environment = get_environment(env)
-    except ValueError as e:
-        _die(f"--env: {e}")
     if hidden_size % heads:
         _die(f"--hidden-size {hidden_size} must be a multiple of --heads {heads}")
     if heads % kv_heads:
         _die(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
     t0 = time.perf_counter()
+    if env is None:
+        texts, paths, data_dir = _dataset_texts(data, train, valid, demos)
+        env_label = None
+    else:
+        texts, paths, data_dir = _environment_texts(env, out, data, seed, n_train, n_valid)
+        env_label = env
+    spec = TinyModelSpec(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers, num_heads=heads,
+                         num_kv_heads=kv_heads, intermediate_size=3 * hidden_size, seed=seed)
+    model_dir = build_tiny_model(texts, out / "model", spec)
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    n_params = _param_count(cfg)
+    demos_path = paths.get("demos") or (Path(data_dir) / "demos.jsonl")
+    summary = {
+        "model": str(model_dir), "data": str(data_dir), "env": env_label,
+        "files": {k: str(v) for k, v in paths.items()},
+        "vocab_size": cfg.vocab_size, "hidden_size": hidden_size, "layers": layers, "parameters": n_params,
+        "corpus_texts": len(texts), "seconds": round(time.perf_counter() - t0, 2),
+        "next": f"agentrft sft: warm-start {model_dir} on {demos_path} before RL",
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _dataset_texts(data: Optional[Path], train: Optional[Path], valid: Optional[Path], demos: Optional[Path]
+                   ) -> tuple[list[str], dict[str, Path], Path]:
+    """The tokenizer corpus of the user's own files (``--data DIR`` or ``--train/--valid/--demos``)."""
+    from agentrft.data import DatasetError
+    from agentrft.models.tiny import dataset_corpus
+
+    named = {"train": train, "valid": valid, "demos": demos}
+    if data is not None:
+        if not data.is_dir():
+            _die(f"--data {data}: no such directory")
+        for k in named:
+            if named[k] is None and (data / f"{k}.jsonl").exists():
+                named[k] = data / f"{k}.jsonl"
+    paths = {k: p for k, p in named.items() if p is not None}
+    if not paths:
+        _die("give --env, or your data: --data DIR (with train.jsonl / valid.jsonl / demos.jsonl) or "
+             "--train/--valid/--demos FILE")
+    for k, p in paths.items():
+        if not p.is_file():
+            _die(f"--{k} {p}: no such file")
+    try:
+        texts = list(dataset_corpus(paths.values()))
+    except DatasetError as e:
+        _die(str(e))
+    return texts, paths, data if data is not None else next(iter(paths.values())).parent
+
+
+def _environment_texts(env: str, out: Path, data: Optional[Path], seed: int, n_train: int, n_valid: int
+                       ) -> tuple[list[str], dict[str, Path], Path]:
+    """The tokenizer corpus of an environment's generated data (generated into ``OUT/data`` unless ``--data``)."""
+    from agentrft.environments import get_environment
+
+    try:
+        environment = get_environment(env)
+    except ValueError as e:
+        _die(f"--env: {e}")
     if data is None:
         data_dir = out / "data"
         paths = environment.generate(data_dir, seed=seed, n_train=n_train, n_valid=n_valid)
@@ -87,21 +150,7 @@ def tiny(
         _die(f"--data {data_dir}: the {env} corpus is incomplete: {e}")
     if not texts:
         _die(f"--data {data_dir}: the {env} corpus is empty (was the environment generated there?)")
-    spec = TinyModelSpec(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers, num_heads=heads,
-                         num_kv_heads=kv_heads, intermediate_size=3 * hidden_size, seed=seed)
-    model_dir = build_tiny_model(texts, out / "model", spec)
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(model_dir)
-    n_params = _param_count(cfg)
-    summary = {
-        "model": str(model_dir), "data": str(data_dir), "env": env,
-        "files": {k: str(v) for k, v in paths.items()},
-        "vocab_size": cfg.vocab_size, "hidden_size": hidden_size, "layers": layers, "parameters": n_params,
-        "corpus_texts": len(texts), "seconds": round(time.perf_counter() - t0, 2),
-        "next": f"agentrft sft: warm-start {model_dir} on {Path(data_dir) / 'demos.jsonl'} before RL",
-    }
-    typer.echo(json.dumps(summary, indent=2))
+    return texts, paths, data_dir
 
 
 def _param_count(cfg) -> int:  # noqa: ANN001

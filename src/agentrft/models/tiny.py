@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from agentrft.models.chat_templates import CHATML_EOS, CHATML_SPECIAL, CHATML_TOOLS
 
@@ -97,6 +97,33 @@ def render_chat_texts(conversations: Iterable[dict], chat_template: str = CHATML
     boot = _template_only_tokenizer(chat_template)
     return [boot.apply_chat_template(c["messages"], tools=c.get("tools") or None, tokenize=False)
             for c in conversations]
+
+
+def dataset_corpus(files: Iterable[str | Path], extra_tools: Iterable[dict] = ()) -> Iterator[str]:
+    """Every text a model will see for OpenAI-format dataset files (training rows, validation rows, demonstration
+    conversations): each conversation as the chat template renders it, each message and tool call on its own,
+    each tool schema (the rows' own and ``extra_tools``), and the row's reference fields — the tokenizer corpus for
+    a task that is not a bundled environment. Files are validated as datasets are (errors name ``file:line``)."""
+    import json
+
+    from agentrft.data import load_dataset
+
+    for t in extra_tools:
+        yield json.dumps(t)
+    for f in files:
+        rows = load_dataset(f, allow_demos=True)
+        for row in rows:
+            yield render_chat_texts([{"messages": row.messages, "tools": row.tools}])[0]
+            for t in row.tools or []:
+                yield json.dumps(t)
+            for m in row.messages:
+                if m.get("content"):
+                    yield m["content"] if isinstance(m["content"], str) else json.dumps(m["content"])
+                for c in m.get("tool_calls") or []:
+                    yield c["function"]["name"] + " " + str(c["function"].get("arguments", ""))
+            for k, v in row.item.items():
+                if k not in ("messages", "tools"):
+                    yield v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
 def build_tiny_model(texts: Iterable[str], out_dir: str | Path, spec: TinyModelSpec | None = None) -> Path:

@@ -17,11 +17,11 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from agentrft.rl.loss import clipped_policy_loss
+from agentrft.policy.architectures import architecture_of, base_model
 from agentrft.types import Trajectory
 
 
@@ -45,19 +45,25 @@ def load_model_and_tokenizer(path: str, *, dtype: torch.dtype = torch.float32):
     return model, tok
 
 
-# Model types whose causal-LM logits are exactly ``lm_head(decoder(...).last_hidden_state)`` (with Gemma's
-# optional final soft-capping): for these the learner runs the output layer only where a log-prob is needed.
-_PLAIN_HEAD = {"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text"}
+class PolicyLoss(Protocol):
+    """What ``rl_step`` minimises, given per-token tensors [B, T] of one micro-batch: the current log-probs (with
+    gradient), the sampler's, the advantages, the loss mask, the reference log-probs (when ``kl_coef > 0``) and
+    the step's totals (sampled tokens, sequences) so micro-batches add up to the full-batch loss. Returns the loss
+    to backpropagate and statistics summed over the micro-batch (``clipped``, ``ratio_sum``, ``units``,
+    ``kl_sum``). The RL objectives live in :mod:`agentrft.rl.loss`."""
+
+    def __call__(self, new_lp: torch.Tensor, old_lp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
+                 n_tokens: float, n_seqs: int, ref_lp: torch.Tensor | None, kl_coef: float
+                 ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 def _split_head(model: Any) -> tuple[Any, Any, float | None] | None:
     """``(decoder, lm_head, softcap)`` for a model whose logits are its head over its decoder's last hidden
-    state, else None (the caller then runs the whole model)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = getattr(base, "config", None)
-    if getattr(cfg, "model_type", None) not in _PLAIN_HEAD or not hasattr(base, "get_decoder"):
+    state (``plain_head`` in the architecture table), else None (the caller then runs the whole model)."""
+    arch, base = architecture_of(model), base_model(model)
+    if arch is None or not arch.plain_head or not hasattr(base, "get_decoder"):
         return None
-    return base.get_decoder(), base.get_output_embeddings(), getattr(cfg, "final_logit_softcapping", None)
+    return base.get_decoder(), base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
 
 
 def _pad_batch(seqs: list[list[Any]], value: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -84,10 +90,9 @@ class Learner:
         compile: bool = False,
     ):
         """``compile``: run the training forward (RL and SFT steps; not scoring or the KL reference) through
-        ``torch.compile`` (inductor; needs a C++ compiler on CPU). The first step pays the compile (20–70 s on a
-        2-core CPU) and one more after the first change of batch shape, when torch switches to dynamic shapes;
-        then a 10M-param full update ran ~15% faster, a 30M one ~4% (docs/benchmarks.md). Worth it for long runs
-        of small models, not for short ones."""
+        ``torch.compile`` (inductor; needs a C++ compiler on CPU). The first step pays the compile and one more
+        after the first change of batch shape, when torch switches to dynamic shapes; then updates of small models
+        run faster (figures in docs/benchmarks.md). Worth it for long runs of small models, not for short ones."""
         if compile:
             import shutil
 
@@ -195,17 +200,13 @@ class Learner:
         self,
         trajs: list[Trajectory],
         token_advs: list[list[float]],
-        *,
-        eps_low: float,
-        eps_high: float,
-        level: str = "token",
+        loss_fn: PolicyLoss,
     ) -> dict[str, float]:
-        """One optimizer step on ``trajs`` (all with advantages), accumulated over micro-batches."""
+        """One optimizer step of ``loss_fn`` on ``trajs`` (all with advantages), accumulated over micro-batches."""
         t0 = time.perf_counter()
         self.model.train()
         total_tokens = float(sum(sum(t.loss_mask) for t in trajs)) or 1.0
-        norm = total_tokens if level == "token" else float(len(trajs))
-        agg = {"clipped": 0.0, "ratio_sum": 0.0, "units": 0.0, "kl_sum": 0.0, "pg_loss_sum": 0.0, "entropy_sum": 0.0}
+        agg = {"clipped": 0.0, "ratio_sum": 0.0, "units": 0.0, "kl_sum": 0.0, "loss": 0.0, "entropy_sum": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         order = sorted(range(len(trajs)), key=lambda i: len(trajs[i].token_ids))  # similar lengths together
         for k in range(0, len(order), self.micro_batch_size):
@@ -218,20 +219,19 @@ class Learner:
             adv = _pad_batch([token_advs[i][1:] for i in idx], 0.0, torch.float32)
             new_lp, ent = self._token_logprobs(self.model, ids, attn, entropy=True, where=mask > 0, compiled=True)
             ref_lp = self._reference_logprobs(ids, attn, where=mask > 0) if self.kl_coef > 0 else None
-            loss, st = clipped_policy_loss(
-                new_lp, old, adv, mask, eps_low=eps_low, eps_high=eps_high, level=level, norm=norm,
-                ref_lp=ref_lp, kl_coef=self.kl_coef, kl_norm=total_tokens,
-            )
+            loss, st = loss_fn(new_lp, old, adv, mask, n_tokens=total_tokens, n_seqs=len(trajs), ref_lp=ref_lp,
+                               kl_coef=self.kl_coef)
             loss.backward()
-            for key in ("clipped", "ratio_sum", "units", "kl_sum", "pg_loss_sum"):
+            for key in ("clipped", "ratio_sum", "units", "kl_sum"):
                 agg[key] += st.get(key, 0.0)
+            agg["loss"] += float(loss.detach())  # micro-batch losses add up to the step's loss
             agg["entropy_sum"] += float((ent * mask).sum()) if ent is not None else 0.0
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip))
         self.optimizer.step()
         self.updates += 1
         units = agg["units"] or 1.0
         return {
-            "loss": agg["pg_loss_sum"] / norm,
+            "loss": agg["loss"],
             "clip_fraction": agg["clipped"] / units,
             "ratio_mean": agg["ratio_sum"] / units,
             "kl": agg["kl_sum"] / total_tokens,

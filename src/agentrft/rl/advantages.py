@@ -10,6 +10,9 @@ mean r̄ and standard deviation σ over the group:
 A group whose rewards are all equal (σ = 0) carries no learning signal under any of the three; it is counted
 (``zero_variance``) and skipped rather than trained on with zero advantages.
 
+An estimator of your own: ``hyperparameters.advantage: module:function`` with the signature of the three
+above, ``f(rewards) -> advantages`` for a group that has variance (docs/extending.md).
+
 Turn-level credit: a process grader may give per-turn scores s_{i,k}. Those become per-turn advantages
 ``coef · (s_{i,k} − mean over the group's turns)``, added to the outcome advantage of the tokens of turn k.
 """
@@ -18,13 +21,39 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Callable
 
+from agentrft.refs import builtin_or_reference
 from agentrft.types import Trajectory
 
 EPS = 1e-6
 
 
-def group_advantages(rewards: list[float], kind: str) -> list[float] | None:
+def _grpo(rewards: list[float]) -> list[float]:
+    mean = sum(rewards) / len(rewards)
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+    return [(r - mean) / (std + EPS) for r in rewards]
+
+
+def _dr_grpo(rewards: list[float]) -> list[float]:
+    mean = sum(rewards) / len(rewards)
+    return [r - mean for r in rewards]
+
+
+def _rloo(rewards: list[float]) -> list[float]:
+    total, g = sum(rewards), len(rewards)
+    return [r - (total - r) / (g - 1) for r in rewards]
+
+
+ESTIMATORS: dict[str, Callable[[list[float]], list[float]]] = {"grpo": _grpo, "dr_grpo": _dr_grpo, "rloo": _rloo}
+
+
+def estimator(kind: str) -> Callable[[list[float]], list[float]]:
+    """The estimator ``hyperparameters.advantage`` names: a built-in or ``module:function``."""
+    return builtin_or_reference(kind, ESTIMATORS, "hyperparameters.advantage", "advantage estimator")
+
+
+def group_advantages(rewards: list[float], kind: str | Callable[[list[float]], list[float]]) -> list[float] | None:
     """Advantages for one group, or None when the group has zero variance (or fewer than 2 members)."""
     g = len(rewards)
     if g < 2:
@@ -33,18 +62,14 @@ def group_advantages(rewards: list[float], kind: str) -> list[float] | None:
     var = sum((r - mean) ** 2 for r in rewards) / g
     if var <= 1e-12:
         return None
-    if kind == "grpo":
-        std = math.sqrt(var)
-        return [(r - mean) / (std + EPS) for r in rewards]
-    if kind == "dr_grpo":
-        return [r - mean for r in rewards]
-    if kind == "rloo":
-        total = sum(rewards)
-        return [r - (total - r) / (g - 1) for r in rewards]
-    raise ValueError(f"unknown advantage estimator {kind!r} (grpo, dr_grpo, rloo)")
+    fn = estimator(kind) if isinstance(kind, str) else kind
+    out = [float(a) for a in fn(list(rewards))]
+    if len(out) != g:
+        raise ValueError(f"advantage estimator returned {len(out)} advantages for a group of {g}")
+    return out
 
 
-def assign_advantages(trajs: list[Trajectory], kind: str) -> dict[str, int]:
+def assign_advantages(trajs: list[Trajectory], kind: str | Callable[[list[float]], list[float]]) -> dict[str, int]:
     """Set ``traj.advantage`` for every trajectory of a non-degenerate group; others get None.
 
     Returns counts: groups, zero_variance groups, trained trajectories.
@@ -54,10 +79,11 @@ def assign_advantages(trajs: list[Trajectory], kind: str) -> dict[str, int]:
         t.advantage = None
         if not t.dropped and t.reward is not None:
             groups[t.group_id].append(t)
+    fn = estimator(kind) if isinstance(kind, str) else kind
     zero = 0
     trained = 0
     for members in groups.values():
-        adv = group_advantages([float(t.reward) for t in members], kind)  # type: ignore[arg-type]
+        adv = group_advantages([float(t.reward) for t in members], fn)  # type: ignore[arg-type]
         if adv is None:
             zero += 1
             continue

@@ -19,11 +19,20 @@ KL to the reference (k3 estimator, unbiased and ≥ 0):  k_t = exp(ℓʳ_t − �
 
 ``N_tokens``/``N_sequences`` are totals over the whole optimizer step (all micro-batches), so gradient
 accumulation over micro-batches gives exactly the gradient of the full-batch loss.
+
+The learner minimises whatever :class:`~agentrft.policy.learner.PolicyLoss` it is handed; ``hyperparameters.loss``
+picks one here by name (``token``, ``sequence``) or names a factory of your own as ``module:function`` taking the
+hyperparameters and returning a PolicyLoss (docs/extending.md).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import torch
+
+from agentrft.refs import builtin_or_reference
 
 
 def clipped_policy_loss(
@@ -76,3 +85,31 @@ def clipped_policy_loss(
         stats["kl_sum"] = float(k3.detach().sum())
     stats["pg_loss_sum"] = float(loss.detach()) * norm
     return loss, stats
+
+
+@dataclass(frozen=True)
+class ClippedPolicyLoss:
+    """:func:`clipped_policy_loss` as the learner's PolicyLoss: token-level normalised by the step's sampled tokens,
+    sequence-level by its sequences; the KL term always by tokens."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    level: str = "token"
+
+    def __call__(self, new_lp: torch.Tensor, old_lp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
+                 n_tokens: float, n_seqs: int, ref_lp: torch.Tensor | None, kl_coef: float
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        norm = n_tokens if self.level == "token" else float(n_seqs)
+        return clipped_policy_loss(new_lp, old_lp, adv, mask, eps_low=self.eps_low, eps_high=self.eps_high,
+                                   level=self.level, norm=norm, ref_lp=ref_lp, kl_coef=kl_coef, kl_norm=n_tokens)
+
+
+LOSSES: dict[str, Callable[[Any], Any]] = {
+    "token": lambda hp: ClippedPolicyLoss(hp.clip_eps_low, hp.clip_eps_high, "token"),
+    "sequence": lambda hp: ClippedPolicyLoss(hp.clip_eps_low, hp.clip_eps_high, "sequence"),
+}
+
+
+def build_loss(hp: Any) -> Any:
+    """The PolicyLoss ``hyperparameters.loss`` names: a built-in (``LOSSES``) or ``module:function(hp)``."""
+    return builtin_or_reference(hp.loss, LOSSES, "hyperparameters.loss", "loss")(hp)

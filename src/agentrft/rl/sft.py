@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentrft.config import LoraConfig
 from agentrft.data import load_dataset
-from agentrft.policy.learner import Learner, load_model_and_tokenizer
+from agentrft.policy.learner import Learner
 from agentrft.rollout.render import ChatRenderer
+from agentrft.rollout.stack import load_policy
 
 
 class SFTHyperparameters(BaseModel):
@@ -99,11 +100,11 @@ def run_sft(
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     rows = load_dataset(demos_path, allow_demos=True)
-    m, tok = load_model_and_tokenizer(model)
-    renderer = ChatRenderer(tok)
-    examples = render_demos(renderer, list(rows), max_tokens)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else renderer.eos_id
-    learner = Learner(m, lora=lora, learning_rate=learning_rate, micro_batch_size=micro_batch_size, pad_id=pad)
+    policy = load_policy(model)
+    tok = policy.tokenizer
+    examples = render_demos(policy.renderer, list(rows), max_tokens)
+    learner = Learner(policy.model, lora=lora, learning_rate=learning_rate, micro_batch_size=micro_batch_size,
+                      pad_id=policy.pad_id)
     rng = random.Random(seed)
     steps_per_epoch = max(1, -(-len(examples) // batch_size))
     total = epochs * steps_per_epoch

@@ -12,8 +12,8 @@ One step:
 6. every ``eval_interval`` steps (and at the end): evaluate on the validation set, save an eval checkpoint,
    keep the best ``keep_checkpoints`` by validation reward;
 7. save the resume checkpoint (``latest``) atomically — after an eval, at the end, on pause, and otherwise once
-   ``save_interval_s`` has passed since the last save (writing weights and optimizer state every step cost
-   ~10% of a small model's step: 30 ms of 0.27 s at 1M parameters, 0.29 s at 30M).
+   ``save_interval_s`` has passed since the last save (writing weights and optimizer state every step was a
+   sizeable share of a small model's step: docs/spine.md).
 
 Resume: ``latest`` holds weights, optimizer, RNG, data cursor and step s; the store's records after s (written
 by steps whose checkpoint never landed, at most ``save_interval_s`` of work) are deleted, and training
@@ -34,19 +34,23 @@ from typing import Any
 
 import torch
 
-from agentrft.config import RunConfig
+from agentrft.config import ConfigError, RunConfig
 from agentrft.data import Row, load_datasets
-from agentrft.evals.evaluate import evaluate, grade_trajectories
+from agentrft.evals.evaluate import evaluate
 from agentrft.evals.metrics import agent_metrics
-from agentrft.graders.base import build_grader
+from agentrft.graders.batch import grade_trajectories
 from agentrft.heap import long_lived_objects_frozen
-from agentrft.policy.learner import Learner, load_model_and_tokenizer
-from agentrft.policy.sampler import SamplingParams, TransformersSampler
-from agentrft.rl.advantages import assign_advantages, token_advantages, turn_baselines
-from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
-from agentrft.rollout.render import ChatRenderer
+from agentrft.policy.learner import Learner
+from agentrft.rl.advantages import (
+    assign_advantages,
+    estimator,
+    token_advantages,
+    turn_baselines,
+)
+from agentrft.rl.loss import build_loss
+from agentrft.rollout.agent import RolloutTask
+from agentrft.rollout.stack import ModelLoadError, RolloutStack, load_policy
 from agentrft.store import RunStore
-from agentrft.tools.router import build_router
 
 
 class TrainingError(RuntimeError):
@@ -89,35 +93,47 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------------
     def _setup(self) -> None:
+        self._check_inputs()  # everything that can be wrong with the inputs, before the model loads
+        model_path = self._open_run()
+        self._load_learner(model_path)
+        if self.resume_id:
+            self._restore()
+        self.store.set_status(self.run_id, "running")
+
+    def _check_inputs(self) -> None:
+        """Loss, advantage estimator, tools, graders and datasets; the store and its writer thread."""
         cfg, hp = self.cfg, self.hp
-        # everything that can be wrong with the inputs is checked before the model loads
         try:
-            self.router = build_router(cfg.tools, timeout_s=hp.tool_timeout_s, max_workers=hp.tool_workers,
-                                       approval=cfg.approval.policy)
-        except (ValueError, ImportError) as e:
-            raise TrainingError(f"tools: {e}") from None
+            self.loss_fn, self.advantage_fn = build_loss(hp), estimator(hp.advantage)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        try:
+            self.stack = RolloutStack(cfg)
+        except ConfigError as e:
+            raise TrainingError(str(e)) from None
+        self.router, self.grader, self.holdouts = self.stack.router, self.stack.grader, self.stack.holdouts
         train_path, valid_path = cfg.path(cfg.training_file), cfg.path(cfg.validation_file)
         self.train_rows, self.valid_rows = load_datasets(train_path, valid_path, known_tools=self.router.names or None)
         if not self.train_rows:
             raise TrainingError(f"{train_path}: no training rows")
         self.data_dir = str(Path(train_path).parent)
         self.valid_dir = str(Path(valid_path).parent) if valid_path else self.data_dir
-        self.grader = build_grader(cfg.grader)
-        self.holdouts = {name: build_grader({"name": name, **spec}) for name, spec in cfg.holdout_graders.items()}
         self.store = RunStore(cfg.store_url)
-        # a train step's record (one transaction, ~8 ms for 8 trajectories at 1M parameters) is written by this
-        # thread while the next step rolls out; at most one is in flight, and evals, checkpoints and the end of
+        # a train step's record (one transaction) is written by this thread while the next step rolls out; at most one is in flight, and evals, checkpoints and the end of
         # the run wait for it, so a `latest` checkpoint at step s always comes after the records up to s
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="agentrft-store")
         self._write: Future | None = None
-        from agentrft.evals.monitors import Monitor, replay_state
+        from agentrft.evals.monitors import Monitor
 
         self.monitor = Monitor(cfg.monitors, holdout_names=[g.name for g in self.holdouts.values()])
         self.paused = False
         steps_per_epoch = math.ceil(len(self.train_rows) / hp.batch_size)
         self.total_steps = hp.max_steps or hp.n_epochs * steps_per_epoch
 
-        # run record and resume point
+    def _open_run(self) -> str:
+        """The run record (new, or the one being resumed) and its directory; returns the model to load (the
+        resumed run's ``latest`` when it has one)."""
+        cfg = self.cfg
         self.start_step = 1
         self.cursor = Cursor()
         model_path = cfg.model_path
@@ -136,47 +152,49 @@ class Trainer:
             self.run_dir = cfg.output_path / self.run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2, default=str))
+        return model_path
 
+    def _load_learner(self, model_path: str) -> None:
+        """The policy, the learner around it (LoRA or full), and the sampler and agent loop over the learner's
+        model."""
+        hp = self.hp
         torch.manual_seed(hp.seed)
         random.seed(hp.seed)
         try:
-            model, self.tokenizer = load_model_and_tokenizer(model_path)
-        except OSError as e:
-            raise TrainingError(f"model: cannot load {model_path!r}: {e}") from None
-        self.renderer = ChatRenderer(self.tokenizer)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.renderer.eos_id
+            policy = load_policy(model_path)
+        except ModelLoadError as e:
+            raise TrainingError(str(e)) from None
+        self.tokenizer, self.renderer = policy.tokenizer, policy.renderer
         try:
             self.learner = Learner(
-                model, lora=hp.lora, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay,
+                policy.model, lora=hp.lora, learning_rate=hp.learning_rate, weight_decay=hp.weight_decay,
                 grad_clip=hp.grad_clip, temperature=hp.temperature, kl_coef=hp.kl_coef,
-                micro_batch_size=hp.micro_batch_size, pad_id=pad, compile=hp.compile_learner,
+                micro_batch_size=hp.micro_batch_size, pad_id=policy.pad_id, compile=hp.compile_learner,
             )
         except ValueError as e:  # a setting this machine cannot honour (compile_learner without a compiler)
             raise TrainingError(f"hyperparameters: {e}") from None
-        self.sampler = TransformersSampler(self.learner.model, stop_ids=self.renderer.stop_ids, pad_id=pad)
-        self.loop = AgentLoop(
-            self.sampler, self.renderer, self.router,
-            limits=RolloutLimits(hp.max_turns, hp.max_episode_steps, hp.max_context_tokens),
-            max_batch=hp.max_batch_trajectories,
-        )
-        self.train_params = SamplingParams(hp.temperature, hp.top_p, hp.max_new_tokens)
-        self.eval_params = SamplingParams(hp.eval_temperature or hp.temperature, hp.top_p, hp.max_new_tokens)
+        self.stack.attach(policy, model=self.learner.model)  # samples from the learner's (LoRA-wrapped) model
+        self.sampler, self.loop = self.stack.sampler, self.stack.loop
+        self.train_params, self.eval_params = self.stack.train_params, self.stack.eval_params
         self.best: list[tuple[float, int, str]] = []  # (val reward, step, checkpoint dir)
 
-        if self.resume_id:
-            latest = self.run_dir / "latest"
-            if latest.exists():
-                state = self.learner.load_state(latest)
-                self.start_step = int(state["step"]) + 1
-                self.cursor = Cursor(**state["cursor"])
-                self.best = [tuple(b) for b in state.get("best", [])]  # type: ignore[misc]
-                removed = self.store.delete_after(self.run_id, int(state["step"]))
-                replay_state(self.store, self.run_id, self.monitor, int(state["step"]))
-            else:
-                removed = self.store.delete_after(self.run_id, -1)
-            self._say(f"resuming {self.run_id} at step {self.start_step} (removed {removed} records written after "
-                      "the last checkpoint)")
-        self.store.set_status(self.run_id, "running")
+    def _restore(self) -> None:
+        """Optimizer, RNG, data cursor and best checkpoints from ``latest``; the store's records written after it
+        are deleted (those steps run again), and the monitors replay the history up to it."""
+        from agentrft.evals.monitors import replay_state
+
+        latest = self.run_dir / "latest"
+        if latest.exists():
+            state = self.learner.load_state(latest)
+            self.start_step = int(state["step"]) + 1
+            self.cursor = Cursor(**state["cursor"])
+            self.best = [tuple(b) for b in state.get("best", [])]  # type: ignore[misc]
+            removed = self.store.delete_after(self.run_id, int(state["step"]))
+            replay_state(self.store, self.run_id, self.monitor, int(state["step"]))
+        else:
+            removed = self.store.delete_after(self.run_id, -1)
+        self._say(f"resuming {self.run_id} at step {self.start_step} (removed {removed} records written after "
+                  "the last checkpoint)")
 
     def _say(self, msg: str) -> None:
         if self.console is not None:
@@ -270,14 +288,14 @@ class Trainer:
         ]
         t0 = time.perf_counter()
         prog.start_rollouts(len(tasks), "rollouts")
-        self.loop.checkpoint_id = f"{self.run_id}:policy-{step - 1}"  # the weights that sampled this step
+        self.sampler.version = f"{self.run_id}:policy-{step - 1}"  # the weights that sample this step
         trajs = self.loop.run(tasks, self.train_params, on_done=prog.rollout_done)
         t_sample = time.perf_counter() - t0
         t0 = time.perf_counter()
-        grade_trajectories(trajs, {r.index: r for r in rows}, self.grader, holdouts=self.holdouts,
+        grade_trajectories(trajs, {r.index: r.item for r in rows}, self.grader, holdouts=self.holdouts,
                            response_format=self.cfg.response_format)
         t_grade = time.perf_counter() - t0
-        counts = assign_advantages(trajs, hp.advantage)
+        counts = assign_advantages(trajs, self.advantage_fn)
         trained = [t for t in trajs if t.advantage is not None]
         t0 = time.perf_counter()
         upd: dict[str, float] = {}
@@ -288,8 +306,7 @@ class Trainer:
             random.Random(hp.seed + step).shuffle(order)
             n = hp.mini_batches
             chunks = [order[i::n] for i in range(n) if order[i::n]]
-            stats = [self.learner.rl_step(c, [advs[t.trace_id] for t in c], eps_low=hp.clip_eps_low,
-                                          eps_high=hp.clip_eps_high, level=hp.loss) for c in chunks]
+            stats = [self.learner.rl_step(c, [advs[t.trace_id] for t in c], self.loss_fn) for c in chunks]
             upd = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
             if hp.kl_coef == 0 and self.learner.is_lora:
                 upd["kl"] = self.learner.kl_to_reference(trained)

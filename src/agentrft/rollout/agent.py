@@ -22,7 +22,14 @@ from typing import Any, Callable
 
 import torch
 
-from agentrft.policy.sampler import Generation, SamplingParams
+from agentrft.policy.sampler import (
+    ContinuousSampler,
+    DecodeEngine,
+    Generation,
+    Sampler,
+    SamplingParams,
+    sampler_version,
+)
 from agentrft.rollout.parse import parse_turn
 from agentrft.rollout.render import ChatRenderer
 from agentrft.tools.registry import ToolContext
@@ -68,21 +75,20 @@ class _State:
 class AgentLoop:
     def __init__(
         self,
-        sampler: Any,
+        sampler: Sampler,
         renderer: ChatRenderer,
         router: ToolRouter,
         *,
         limits: RolloutLimits,
         max_batch: int = 64,
-        checkpoint_id: str | None = None,
         continuous: bool = True,
     ):
+        """Trajectories are stamped with ``sampler.version`` (the weights that sampled them) when it has one."""
         self.sampler = sampler
         self.renderer = renderer
         self.router = router
         self.limits = limits
         self.max_batch = max_batch
-        self.checkpoint_id = checkpoint_id
         self.continuous = continuous
 
     # ---- public ----------------------------------------------------------------------------------
@@ -95,18 +101,13 @@ class AgentLoop:
         """Roll out every task; returns trajectories in the order of ``tasks``."""
         prompts: dict[int, list[int]] = {}  # a group's G tasks share one row: render its prompt once
         states = [self._start(t, prompts) for t in tasks]
-        if self.continuous and hasattr(self.sampler, "slot_engine"):
+        if self.continuous and isinstance(self.sampler, ContinuousSampler):
             engine = self.sampler.slot_engine(params, slots=min(self.max_batch, max(1, len(states))))
             if engine is not None:
-                model = engine.model
-                was_training = model.training
-                model.eval()
                 try:
                     return self._run_continuous(states, engine, on_done)
                 finally:
                     engine.close()
-                    if was_training:
-                        model.train()
         ready: deque[_State] = deque()
         waiting: list[_State] = []
         finished = 0
@@ -144,7 +145,7 @@ class AgentLoop:
             waiting = still
         return [s.traj for s in states]
 
-    def _run_continuous(self, states: list[_State], engine: Any, on_done: Callable[[Trajectory], None] | None
+    def _run_continuous(self, states: list[_State], engine: DecodeEngine, on_done: Callable[[Trajectory], None] | None
                         ) -> list[Trajectory]:
         """Continuous batching: every trajectory holds a KV-cache slot for its whole life (its prefix is never
         re-encoded); the engine decodes one token for every generating slot per step, a slot whose turn ended
@@ -222,7 +223,7 @@ class AgentLoop:
             group_id=task.group_id,
             sample_index=task.sample_index,
             messages=[dict(m) for m in row.messages],
-            checkpoint_id=self.checkpoint_id,
+            checkpoint_id=sampler_version(self.sampler),
         )
         if prompts is not None and id(row) in prompts:
             ids = prompts[id(row)]

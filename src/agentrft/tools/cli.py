@@ -12,7 +12,7 @@ app = typer.Typer(help="Tool servers and tool endpoints (Agent RFT tool-call con
 
 @app.command("serve")
 def serve_cmd(
-    env: str = typer.Argument(..., help="A bundled environment, e.g. support_desk."),
+    env: str = typer.Argument(..., help="A bundled environment (e.g. support_desk) or module:function returning one."),
     host: str = typer.Option("127.0.0.1", help="Bind address. Anything but loopback requires --token."),
     port: int = typer.Option(8765, help="TCP port."),
     token: Optional[str] = typer.Option(
@@ -25,23 +25,26 @@ def serve_cmd(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve ENV's tools at POST / (Agent RFT contract), with per-trace_id state."""
+    from agentrft.environments import get_environment
     from agentrft.tools.server import check_bind, serve
 
     try:
         check_bind(host, token)
-        serve(env, host=host, port=port, token=token, data_dir=data_dir, ttl_s=ttl_s, log_level=log_level)
+        tools = get_environment(env).python_tools()
+        serve(tools, host=host, port=port, token=token, data_dir=data_dir, ttl_s=ttl_s, log_level=log_level,
+              title=f"agentrft tools: {env}")
     except (ValueError, KeyError, LookupError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
 
 
 @app.command("list")
-def list_cmd(env: str = typer.Argument(..., help="A bundled environment.")) -> None:
+def list_cmd(env: str = typer.Argument(..., help="A bundled environment or module:function returning one.")) -> None:
     """Print ENV's tool schemas as JSON."""
-    from agentrft.tools.server import environment_tools
+    from agentrft.environments import get_environment
 
     try:
-        tools, _ = environment_tools(env)
+        tools = get_environment(env).python_tools()
     except (ValueError, KeyError, LookupError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

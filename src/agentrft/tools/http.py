@@ -60,11 +60,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 import httpx
 
+from agentrft.config import ConfigError
 from agentrft.tools.base import ToolBackend, ToolResult
+from agentrft.tools.common import ENV_REF, MAX_BYTES, cut_utf8, redact
 from agentrft.tools.registry import ToolContext
 from agentrft.types import new_call_id
 
-MAX_BYTES = 1_000_000  # 1 MB each way (OpenAI's Agent RFT limit)
 DEFAULT_TIMEOUT_S = 600.0  # 10 minutes per call (OpenAI's limit)
 
 
@@ -72,13 +73,12 @@ DEFAULT_TIMEOUT_S = 600.0  # 10 minutes per call (OpenAI's limit)
 def _tls_context() -> Any:
     """One TLS context for every backend in the process (httpx's defaults: certifi, or SSL_CERT_FILE/DIR).
 
-    Loading the CA bundle takes ~0.1 s of CPU; httpx does it again for every new client, even one that only ever
-    talks plain HTTP to 127.0.0.1. A context is safe to share between clients and threads.
+    Loading the CA bundle costs a noticeable slice of CPU, and httpx does it again for every new client, even one
+    that only ever talks plain HTTP to 127.0.0.1. A context is safe to share between clients and threads.
     """
     return httpx.create_ssl_context()
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KNOWN_KEYS = {
     "name",
     "server_url",
@@ -92,10 +92,6 @@ _KNOWN_KEYS = {
     "max_output_bytes",
     "type",
 }
-
-
-class ConfigError(ValueError):
-    """A tool config entry is wrong; the message names the field path (``tools[1].server_url``)."""
 
 
 class TokenBucket:
@@ -197,14 +193,6 @@ def _flat_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     return dict(schema["function"]) if isinstance(schema.get("function"), Mapping) else dict(schema)
 
 
-def _cut_utf8(text: str, max_bytes: int) -> tuple[str, int]:
-    """Cut ``text`` to at most ``max_bytes`` UTF-8 bytes on a character boundary; returns (text, bytes dropped)."""
-    raw = text.encode("utf-8")
-    if len(raw) <= max_bytes:
-        return text, 0
-    return raw[:max_bytes].decode("utf-8", errors="ignore"), len(raw) - max_bytes
-
-
 class _Transient(Exception):
     """A failure the contract retries (5xx, connection error, reset)."""
 
@@ -244,21 +232,26 @@ class HttpToolBackend(ToolBackend):
         env: Mapping[str, str] | None = None,
         strict_env: bool = False,
         client: httpx.Client | None = None,
+        where: list[str] | None = None,
     ):
+        """``where``: each entry's config path for error messages (default ``tools[i]``)."""
+        tools = list(tools)
+        where = where or [f"tools[{i}]" for i in range(len(tools))]
         specs: dict[str, HttpToolSpec] = {}
+        wheres: dict[str, str] = {}
         for i, entry in enumerate(tools):
-            spec = HttpToolSpec.from_config(entry, f"tools[{i}]")
+            spec = HttpToolSpec.from_config(entry, where[i])
             if spec.name in specs:
-                raise ConfigError(f"tools[{i}].name: duplicate tool name {spec.name!r}")
-            specs[spec.name] = spec
+                raise ConfigError(f"{where[i]}.name: duplicate tool name {spec.name!r}")
+            specs[spec.name], wheres[spec.name] = spec, where[i]
         self.specs = specs
         self._env = env if env is not None else os.environ
         if strict_env:
-            for i, spec in enumerate(specs.values()):
+            for spec in specs.values():
                 for h, v in spec.headers.items():
-                    for var in _ENV_REF.findall(v):
+                    for var in ENV_REF.findall(v):
                         if var not in self._env:
-                            raise ConfigError(f"tools[{i}].headers.{h}: environment variable {var} is not set")
+                            raise ConfigError(f"{wheres[spec.name]}.headers.{h}: environment variable {var} is not set")
         row_schemas: dict[str, dict[str, Any]] = {}
         if schemas is not None:
             items = schemas.values() if isinstance(schemas, Mapping) else schemas
@@ -293,7 +286,7 @@ class HttpToolBackend(ToolBackend):
             d = {
                 "name": s.name,
                 "server_url": s.server_url,
-                "headers": {k: _redact(v) for k, v in s.headers.items()},
+                "headers": {k: redact(v) for k, v in s.headers.items()},
             }
             for key in ("timeout_s", "max_concurrency", "rate_limit", "max_output_bytes"):
                 if getattr(s, key) is not None:
@@ -356,7 +349,7 @@ class HttpToolBackend(ToolBackend):
                 raise KeyError(var)
             return self._env[var]
 
-        return {k: _ENV_REF.sub(sub, v) for k, v in spec.headers.items()}
+        return {k: ENV_REF.sub(sub, v) for k, v in spec.headers.items()}
 
     def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext, timeout_s: float | None = None) -> ToolResult:
         spec = self.specs.get(name)
@@ -520,21 +513,12 @@ class HttpToolBackend(ToolBackend):
         return ToolResult(self._cap(out, meta, cap), status="ok", retries=retries, meta=meta)
 
     def _cap(self, out: str, meta: dict, cap: int | None = None) -> str:
-        cut, dropped = _cut_utf8(out, min(self.max_bytes, cap or self.max_bytes))
+        cut, dropped = cut_utf8(out, min(self.max_bytes, cap or self.max_bytes))
         if dropped:
             self._count(truncated=1)
             meta["truncated"] = True
             meta["truncated_bytes"] = dropped
         return cut
-
-
-def _redact(value: str) -> str:
-    refs = _ENV_REF.findall(value)
-    if refs and _ENV_REF.sub("", value).strip() in ("", "Bearer", "Basic", "Token"):
-        return value  # only references (and a scheme word): safe to show as written
-    if refs:
-        return "<redacted; uses " + ", ".join("${" + r + "}" for r in refs) + ">"
-    return "<redacted>"
 
 
 def _snippet(raw: bytes, n: int = 120) -> str:

@@ -35,22 +35,13 @@ from typing import Any, Mapping
 
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
+from agentrft.config import ConfigError
 from agentrft.tools.base import ToolBackend, ToolResult
-from agentrft.tools.http import MAX_BYTES, ConfigError, _cut_utf8, _redact
+from agentrft.tools.common import MAX_BYTES, cut_utf8, redact, resolve_env
 from agentrft.tools.registry import ToolContext
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEYS = {"type", "name", "command", "args", "env", "cwd", "url", "headers", "tools", "requires_approval",
          "timeout_s", "connect_timeout_s", "prefix", "send_item"}
-
-
-def _resolve(value: str, env: Mapping[str, str], where: str) -> str:
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1) not in env:
-            raise ConfigError(f"{where}: environment variable {m.group(1)} is not set")
-        return env[m.group(1)]
-
-    return _ENV_REF.sub(sub, value)
 
 
 class McpToolBackend(ToolBackend):
@@ -126,10 +117,10 @@ class McpToolBackend(ToolBackend):
 
         c = self.config
         if "command" in c:
-            env = {k: _resolve(str(v), self._env, f"{self.where}.env.{k}") for k, v in (c.get("env") or {}).items()}
+            env = {k: resolve_env(str(v), self._env, f"{self.where}.env.{k}") for k, v in (c.get("env") or {}).items()}
             return StdioServerParameters(command=c["command"], args=[str(a) for a in c.get("args", [])],
                                          env={**os.environ, **env} if env else None, cwd=c.get("cwd"))
-        headers = {k: _resolve(v, self._env, f"{self.where}.headers.{k}") for k, v in (c.get("headers") or {}).items()}
+        headers = {k: resolve_env(v, self._env, f"{self.where}.headers.{k}") for k, v in (c.get("headers") or {}).items()}
         if not headers:
             return c["url"]
         import httpx2
@@ -200,7 +191,7 @@ class McpToolBackend(ToolBackend):
         d = {k: v for k, v in self.config.items() if k not in ("headers", "env")}
         for key in ("headers", "env"):
             if key in self.config:
-                d[key] = {k: _redact(str(v)) for k, v in self.config[key].items()}
+                d[key] = {k: redact(str(v)) for k, v in self.config[key].items()}
         return d
 
     def __repr__(self) -> str:
@@ -300,7 +291,7 @@ class McpToolBackend(ToolBackend):
         if not text and res.structured_content is not None:
             text = json.dumps(res.structured_content, ensure_ascii=False)
         meta: dict[str, Any] = {}
-        cut, dropped = _cut_utf8(text, self.max_bytes)
+        cut, dropped = cut_utf8(text, self.max_bytes)
         if dropped:
             meta.update(truncated=True, truncated_bytes=dropped)
         if res.is_error:

@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agentrft.graders.base import load_callable
+from agentrft.refs import load_callable
 
 
 @dataclass

@@ -19,55 +19,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import json
 import threading
 import time
 from typing import Any, Callable
 
-from agentrft.tools.base import ToolBackend, ToolResult
-from agentrft.tools.registry import PythonTool, ToolContext, resolve_python_tool
+from agentrft.refs import load_callable
+from agentrft.tools.base import ToolBackend
+from agentrft.tools.registry import ToolContext
 from agentrft.types import ToolCall
-
-
-class PythonToolBackend(ToolBackend):
-    """In-process Python functions. Each call runs on a worker thread so a timeout can be enforced.
-
-    A timed-out function cannot be killed (Python threads are not preemptible); it is abandoned, its result
-    discarded, and the model is told it timed out. Tools that may hang should be served over HTTP instead.
-    """
-
-    def __init__(self, tools: list[PythonTool], *, max_workers: int = 16):
-        self.tools = {t.name: t for t in tools}
-        self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pytool")
-
-    def schemas(self) -> list[dict[str, Any]]:
-        return [t.schema for t in self.tools.values()]
-
-    def check_arguments(self, name: str, arguments: dict[str, Any]) -> str | None:
-        return self.tools[name].check_arguments(arguments)
-
-    def requires_approval(self, name: str) -> bool:
-        return self.tools[name].requires_approval
-
-    def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext, timeout_s: float) -> ToolResult:
-        t = self.tools[name]
-        fut = self._pool.submit(t.invoke, arguments, ctx)
-        try:
-            value = fut.result(timeout=t.timeout_s or timeout_s)
-        except cf.TimeoutError:
-            return ToolResult(f"Error: tool {name!r} timed out after {t.timeout_s or timeout_s:g}s", "timeout", "timeout")
-        except Exception as e:
-            return ToolResult(f"Error: tool {name!r} failed: {type(e).__name__}: {e}", "error", f"{type(e).__name__}: {e}")
-        if isinstance(value, str):
-            return ToolResult(value)
-        try:
-            return ToolResult(json.dumps(value, ensure_ascii=False, default=str))
-        except (TypeError, ValueError) as e:
-            return ToolResult(f"Error: tool {name!r} returned an unserializable value", "error", str(e))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
 
 ApprovalFn = Callable[[dict[str, Any], dict[str, Any], list[dict[str, Any]]], Any]
 
@@ -78,8 +37,6 @@ def make_approval_policy(policy: str) -> ApprovalFn:
         return lambda call, item, messages: (True, "policy: allow")
     if policy == "deny":
         return lambda call, item, messages: (False, "policy: deny")
-    from agentrft.graders.base import load_callable
-
     return load_callable(policy)
 
 
@@ -198,31 +155,8 @@ class ToolRouter:
 
 def build_router(tool_specs: list[Any], *, timeout_s: float, max_workers: int, approval: str = "allow",
                  row_schemas: dict[str, dict[str, Any]] | None = None) -> ToolRouter:
-    """Build a router from config entries: ``"module:function"`` / ``"module:*"`` strings (Python tools),
-    ``{name, server_url, headers}`` (Agent RFT HTTP tools), ``{mcp: ...}`` (MCP servers)."""
-    py: list[PythonTool] = []
-    http: list[dict[str, Any]] = []
-    backends: list[ToolBackend] = []
-    for i, spec in enumerate(tool_specs):
-        if isinstance(spec, str):
-            try:
-                py.extend(resolve_python_tool(spec))
-            except ValueError as e:
-                raise ValueError(f"tools[{i}]: {e}") from None
-        else:
-            d = spec if isinstance(spec, dict) else spec.model_dump()
-            if "server_url" in d:
-                http.append(d)
-            elif "mcp" in d:
-                from agentrft.tools.mcp import McpToolBackend  # noqa: PLC0415
+    """A router over the backends a config's ``tools`` entries name (agentrft.tools.backends)."""
+    from agentrft.tools.backends import BackendOptions, build_backends
 
-                backends.append(McpToolBackend(d["mcp"], **{k: v for k, v in d.items() if k != "mcp"}))
-            else:
-                raise ValueError(f"tools[{i}]: expected 'module:function', {{name, server_url}} or {{mcp}}")
-    if py:
-        backends.insert(0, PythonToolBackend(py, max_workers=max_workers))
-    if http:
-        from agentrft.tools.http import HttpToolBackend  # noqa: PLC0415
-
-        backends.append(HttpToolBackend(http, schemas=row_schemas))
+    backends = build_backends(tool_specs, BackendOptions(max_workers=max_workers, row_schemas=row_schemas))
     return ToolRouter(backends, timeout_s=timeout_s, max_workers=max_workers, approval=approval)

@@ -294,23 +294,8 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
-def environment_tools(env_name: str) -> tuple[list[PythonTool], Any]:
-    """The PythonTools of a bundled environment (and the environment object)."""
-    from agentrft.tools.registry import resolve_python_tool
-
-    try:
-        from agentrft.environments import get_environment  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise ValueError(f"environments are not available: {e}") from e
-    env = get_environment(env_name)
-    tools: list[PythonTool] = []
-    for ref in env.tool_refs:
-        tools.extend(resolve_python_tool(ref))
-    return tools, env
-
-
 def serve(
-    env_name: str,
+    tools: list[PythonTool],
     host: str = "127.0.0.1",
     port: int = 8765,
     token: str | None = None,
@@ -318,8 +303,9 @@ def serve(
     data_dir: str | None = None,
     ttl_s: float = 900.0,
     log_level: str = "info",
+    title: str = "agentrft tools",
 ) -> None:
-    """Serve a bundled environment's tools (blocking).
+    """Serve these tools (an environment's, say) until interrupted.
 
     ``data_dir`` is the directory of the dataset the rows come from: files a row names (support_desk's
     ``item["db"]``) resolve against it, exactly as in-process.
@@ -331,7 +317,6 @@ def serve(
     check_bind(host, token)
     if data_dir is not None and not os.path.isdir(data_dir):
         raise ValueError(f"--data-dir {data_dir!r} is not a directory")
-    tools, _env = environment_tools(env_name)
     app = make_tool_server(tools, token=token, ttl_s=ttl_s, data_dir=os.path.abspath(data_dir) if data_dir else None,
-                           title=f"agentrft tools: {env_name}")
+                           title=title)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

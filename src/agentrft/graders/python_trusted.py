@@ -18,8 +18,9 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from agentrft.graders.base import Grade, Grader, GraderSpecError, load_callable, register_grader
+from agentrft.graders.base import Grade, Grader, GraderSpecError, register_grader
 from agentrft.graders.common import as_score, check_pass_threshold, error_grade, require
+from agentrft.refs import load_callable
 
 FLAG = "python_grader_runtime_error"
 
