@@ -184,7 +184,9 @@ def runs(
     config: Optional[Path] = typer.Option(None, "--config", help="config whose store to read"),
     store: Optional[str] = typer.Option(None, "--store", help="store URL"),
 ) -> None:
-    """List runs in the store."""
+    """List runs in the store (a `running` run whose process stopped sending heartbeats shows as interrupted)."""
+    from agentrft.store.run_store import display_status
+
     with user_errors():
         st = _store(config, store)
         rows = st.list_runs()
@@ -193,7 +195,7 @@ def runs(
         t.add_column(c)
     for r in rows:
         best = r.get("best_valid_reward")
-        t.add_row(r["id"], r.get("name") or "", r.get("status") or "", str(r.get("base_model") or ""),
+        t.add_row(r["id"], r.get("name") or "", display_status(r), str(r.get("base_model") or ""),
                   str(r.get("latest_step") if r.get("latest_step") is not None else "-"),
                   f"{best:.3f}" if isinstance(best, (int, float)) else "-", str(r.get("created_at") or "")[:19])
     console.print(t)
@@ -215,6 +217,8 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
     """Metrics per step (train and validation) of one run, from the store."""
+    from agentrft.store.run_store import display_status
+
     with user_errors():
         st = _store(config, store)
         info = st.get_run(run)
@@ -225,7 +229,7 @@ def show(
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return
-    t = Table(title=f"{info['id']} ({info.get('status')})")
+    t = Table(title=f"{info['id']} ({display_status(info)})")
     t.add_column("step")
     t.add_column("split")
     for _, label in SHOW_COLUMNS:

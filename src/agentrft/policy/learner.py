@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from agentrft.policy.architectures import architecture_of, base_model
+from agentrft.policy.checkpoint_io import write_atomically
 from agentrft.types import Trajectory
 
 
@@ -299,29 +298,17 @@ class Learner:
     # ---- checkpoints -------------------------------------------------------------------------------
     def save(self, path: str | Path, tokenizer: Any, extra: dict[str, Any]) -> Path:
         """Write weights (adapter or full, safetensors), tokenizer, optimizer, RNG states and ``extra``
-        (step, data cursor…) to ``path`` atomically: everything goes to a temp dir renamed into place."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self.model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(
-            {"torch": torch.get_rng_state(), "python": random.getstate()},
-            tmp / "rng.pt",
-        )
-        (tmp / "trainer_state.json").write_text(json.dumps({**extra, "updates": self.updates}, indent=2))
-        old = path.with_name(path.name + ".old")
-        if path.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
-        return path
+        (step, data cursor…) to ``path`` crash-safely: written to ``path.tmp`` with a completion marker, then swapped
+        into place; a kill at any instant leaves a complete checkpoint that :func:`checkpoint_io.recover` restores."""
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({**extra, "updates": self.updates}, indent=2))
+
+        step = extra.get("step")
+        return write_atomically(path, write, step=step if isinstance(step, int) else None)
 
     def load_state(self, path: str | Path) -> dict[str, Any]:
         """Restore optimizer, RNG and return trainer_state (weights are loaded by the caller's model load)."""

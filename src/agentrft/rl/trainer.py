@@ -40,6 +40,7 @@ from agentrft.evals.evaluate import evaluate
 from agentrft.evals.metrics import agent_metrics
 from agentrft.graders.batch import grade_trajectories
 from agentrft.heap import long_lived_objects_frozen
+from agentrft.policy.checkpoint_io import recover as recover_checkpoint
 from agentrft.policy.learner import Learner
 from agentrft.rl.advantages import (
     assign_advantages,
@@ -48,6 +49,7 @@ from agentrft.rl.advantages import (
     turn_baselines,
 )
 from agentrft.rl.loss import build_loss
+from agentrft.rl.run_lifecycle import Heartbeat, abort_start, set_status_quietly
 from agentrft.rollout.agent import RolloutTask
 from agentrft.rollout.stack import ModelLoadError, RolloutStack, load_policy
 from agentrft.store import RunStore
@@ -144,6 +146,7 @@ class Trainer:
             self.run_id = run["id"]
             self.run_dir = cfg.output_path / self.run_id
             latest = self.run_dir / "latest"
+            recover_checkpoint(latest)  # a kill mid-swap left latest.tmp/.old: the newest complete one is `latest`
             if latest.exists():
                 model_path = str(latest)
         else:
@@ -202,16 +205,22 @@ class Trainer:
 
     # ---- main loop ---------------------------------------------------------------------------------
     def run(self) -> str:
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            abort_start(self)  # recorded as failed, not queued forever; the new run's directory removed
+            raise
+        beat = Heartbeat(self.store, self.run_id).start()  # a killed run shows as interrupted once it stops
         try:
             self._train()
         except KeyboardInterrupt:
-            self.store.set_status(self.run_id, "cancelled")
+            set_status_quietly(self.store, self.run_id, "cancelled")
             raise
         except Exception:
-            self.store.set_status(self.run_id, "failed")
+            set_status_quietly(self.store, self.run_id, "failed")
             raise
         finally:
+            beat.stop()
             self.router.close()
             self._writer.shutdown(wait=True)
         self.store.set_status(self.run_id, "paused" if self.paused else "succeeded")

@@ -52,6 +52,10 @@ from agentrft.types import Trajectory
 # OpenAI's job statuses; "queued" is the status of a run just created.
 RUN_STATUSES = ("validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled")
 _CHUNK = 500  # ids per IN (...) clause, well under SQLite's bound-parameter limit
+# A running process touches its run's heartbeat every HEARTBEAT_INTERVAL_S; a `running` run whose heartbeat is
+# older than STALE_AFTER_S (a SIGKILL, a crash, a full disk that stopped even the status write) is interrupted.
+HEARTBEAT_INTERVAL_S = 30.0
+STALE_AFTER_S = 300.0
 
 
 class StoreError(Exception):
@@ -158,9 +162,14 @@ class RunStore:
         self._writer = self.engine.execution_options(agentrft_write=True)
         with self._writer.begin() as conn:
             Base.metadata.create_all(conn)
+            _migrate(conn)
+        self._has_heartbeat = True
         with self._write() as s:
-            if s.get(Meta, "schema_version") is None:
+            v = s.get(Meta, "schema_version")
+            if v is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif v.value.isdigit() and int(v.value) < SCHEMA_VERSION:
+                v.value = str(SCHEMA_VERSION)
 
     @classmethod
     def for_path(cls, path: str | os.PathLike, **kwargs: Any) -> "RunStore":
@@ -202,7 +211,7 @@ class RunStore:
             try:
                 with self._write() as s:
                     s.add(Run(id=run_id, name=name, status="queued", config=config or {}, base_model=base_model or "",
-                              output_dir=str(output_dir or ""), created_at=now, updated_at=now))
+                              output_dir=str(output_dir or ""), created_at=now, updated_at=now, heartbeat_at=now))
                 return run_id
             except IntegrityError:  # the same second and the same 4 hex digits: draw again
                 continue
@@ -254,6 +263,10 @@ class RunStore:
             best.update((k, v) for k, v in s.execute(
                 select(CheckpointRow.run_id, func.max(CheckpointRow.val_reward))
                 .where(CheckpointRow.run_id.in_(chunk)).group_by(CheckpointRow.run_id)) if v is not None)
+        beats: dict[str, datetime | None] = {}
+        if self._has_heartbeat:
+            for chunk in _chunks(ids):
+                beats.update(s.execute(select(Run.id, Run.heartbeat_at).where(Run.id.in_(chunk))).all())
         missing = [i for i in ids if i not in best]
         for chunk in _chunks(missing):
             for rid, metrics in s.execute(select(Step.run_id, Step.metrics)
@@ -265,13 +278,23 @@ class RunStore:
             "id": r.id, "name": r.name, "status": r.status, "config": r.config, "base_model": r.base_model,
             "output_dir": r.output_dir, "created_at": _iso(r.created_at), "updated_at": _iso(r.updated_at),
             "latest_step": latest.get(r.id), "best_valid_reward": best.get(r.id),
+            "heartbeat_at": _iso(beats.get(r.id)), "interrupted": _stale(r.status, beats.get(r.id)),
         } for r in runs]
+
+    def heartbeat(self, run_id: str, at: datetime | None = None) -> None:
+        """Record that the process running ``run_id`` is alive (``at``: now unless given)."""
+        with self._write() as s:
+            s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=at or utcnow()))
 
     def set_status(self, run_id: str, status: str) -> None:
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r} (allowed: {', '.join(RUN_STATUSES)})")
         with self._write() as s:
-            n = s.execute(update(Run).where(Run.id == run_id).values(status=status, updated_at=utcnow())).rowcount
+            now = utcnow()
+            values: dict[str, Any] = {"status": status, "updated_at": now}
+            if status == "running":
+                values["heartbeat_at"] = now
+            n = s.execute(update(Run).where(Run.id == run_id).values(**values)).rowcount
             if not n:
                 raise RunNotFound(f"no run with id {run_id!r}")
 
@@ -535,6 +558,34 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("agentrft_write") else "BEGIN")
+
+
+def _migrate(conn: Any) -> None:
+    """Bring a store written by an older version up to the current tables (inside the opening write transaction,
+    so two processes opening one old store do not both alter it)."""
+    from sqlalchemy import inspect
+
+    cols = {c["name"] for c in inspect(conn).get_columns("runs")}
+    if "heartbeat_at" not in cols:
+        coltype = Run.__table__.c.heartbeat_at.type.compile(dialect=conn.dialect)
+        exists = "" if conn.dialect.name == "sqlite" else "IF NOT EXISTS "
+        conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {exists}heartbeat_at {coltype}")
+
+
+def _stale(status: str | None, beat: datetime | None, now: datetime | None = None) -> bool:
+    """A `running` run whose last heartbeat is older than STALE_AFTER_S (or that never had one recorded)."""
+    if status != "running":
+        return False
+    if beat is None:
+        return False  # a store written before heartbeats: nothing to judge by
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=timezone.utc)
+    return ((now or utcnow()) - beat).total_seconds() > STALE_AFTER_S
+
+
+def display_status(run: dict) -> str:
+    """The status to show a user: ``interrupted`` for a stale ``running`` run, else the stored status."""
+    return "interrupted" if run.get("interrupted") else (run.get("status") or "")
 
 
 def _check_split(split: str) -> None:

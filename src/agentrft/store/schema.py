@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.heartbeat_at (added in place to version-1 stores on their first write open)
 
 
 def utcnow() -> datetime:
@@ -55,6 +55,10 @@ class Run(Base):
     output_dir: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # touched every ~30 s by the process running the run; a `running` run whose heartbeat is stale was killed
+    # (or stopped by a full disk) and is shown as interrupted. Deferred: a read-only open of a version-1 store,
+    # which has no such column, must still read the run rows.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, deferred=True)
 
 
 class Step(Base):
