@@ -54,10 +54,11 @@ def user_errors() -> Iterator[None]:
     from agentrft.graders.base import GraderSpecError
     from agentrft.rl.trainer import TrainingError
     from agentrft.rollout.stack import ModelLoadError
+    from agentrft.store import StoreError
 
     try:
         yield
-    except (ConfigError, DatasetError, GraderSpecError, TrainingError, ModelLoadError) as e:
+    except (ConfigError, DatasetError, GraderSpecError, TrainingError, ModelLoadError, StoreError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
         raise typer.Exit(2) from None
     except FileNotFoundError as e:
@@ -166,17 +167,19 @@ def sft(
 
 
 def _store(config: Optional[Path], store: Optional[str]):
+    """The store a read-only command reads: opened read-only, so nothing is created or locked (a mistyped path
+    is an error, not a new empty store) and a store in a read-only directory is readable."""
     from agentrft.config import load_config
     from agentrft.store import RunStore
 
     if store:
-        return RunStore(store)
+        return RunStore(store, mode="read")
     if config:
-        return RunStore(load_config(config).store_url)
+        return RunStore(load_config(config).store_url, mode="read")
     default = Path("runs/agentrft.db")
     if not default.exists():
         raise typer.BadParameter("no store given: pass --config CONFIG or --store URL (default runs/agentrft.db not found)")
-    return RunStore("sqlite:///" + str(default.resolve()))
+    return RunStore("sqlite:///" + str(default.resolve()), mode="read")
 
 
 @app.command()

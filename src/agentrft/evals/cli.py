@@ -45,18 +45,20 @@ def _quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def open_store(config: Optional[Path], store: Optional[str]):
+def open_store(config: Optional[Path], store: Optional[str], mode: str = "existing"):
+    """The store a command works on. It must exist (a mistyped path is an error, never a new empty store);
+    ``mode="read"`` for commands that only read (nothing is created or locked; a read-only store is readable)."""
     from agentrft.config import load_config
     from agentrft.store import RunStore
 
     if store:
-        return RunStore(store)
+        return RunStore(store, mode=mode)
     if config:
-        return RunStore(load_config(config).store_url)
+        return RunStore(load_config(config).store_url, mode=mode)
     default = Path("runs/agentrft.db")
     if not default.exists():
         raise ValueError("no store given: pass --config CONFIG or --store URL (default runs/agentrft.db not found)")
-    return RunStore("sqlite:///" + str(default.resolve()))
+    return RunStore("sqlite:///" + str(default.resolve()), mode=mode)
 
 
 def _run_id(st: Any, run: str) -> str:
@@ -154,7 +156,7 @@ def monitor(
     from agentrft.evals.monitors import replay_run
 
     with user_errors():
-        st = open_store(config, store)
+        st = open_store(config, store, mode="read")
         rid = _run_id(st, run)
         mcfg = load_config(config).monitors if config else (st.get_run(rid)["config"] or {}).get("monitors")
         alerts = [a.as_dict() for a in replay_run(st, rid, mcfg)]
@@ -184,7 +186,7 @@ def audit_export(
     from agentrft.evals.audit import export_audit
 
     with user_errors():
-        st = open_store(config, store)
+        st = open_store(config, store, mode="read")
         paths = export_audit(st, _run_id(st, run), out, n=n, steps=list(step) or None, seed=seed)
     for s, p in paths.items():
         typer.echo(f"step {s}: {p['html']}  {p['jsonl']}")
@@ -235,7 +237,7 @@ def audit_summary_cmd(
     from agentrft.evals.audit import audit_summary
 
     with user_errors():
-        st = open_store(config, store)
+        st = open_store(config, store, mode="read")
         s = audit_summary(st, _run_id(st, run))
     for step, counts in s.items():
         console.print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -120,7 +120,7 @@ class Trainer:
             raise TrainingError(f"{train_path}: no training rows")
         self.data_dir = str(Path(train_path).parent)
         self.valid_dir = str(Path(valid_path).parent) if valid_path else self.data_dir
-        self.store = RunStore(cfg.store_url)
+        self.store = RunStore(cfg.store_url, mode="existing" if self.resume_id else "create")  # --resume creates nothing
         # a train step's record (one transaction) is written by this thread while the next step rolls out; at most one is in flight, and evals, checkpoints and the end of
         # the run wait for it, so a `latest` checkpoint at step s always comes after the records up to s
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="agentrft-store")

@@ -137,39 +137,84 @@ def _chunks(seq: list[Any], n: int = _CHUNK) -> Iterator[list[Any]]:
 class RunStore:
     """The run store. ``url``: any SQLAlchemy URL, or a plain file path (taken as a SQLite file)."""
 
-    def __init__(self, url: str, *, busy_timeout_s: float = 30.0, echo: bool = False):
+    def __init__(self, url: str, *, busy_timeout_s: float | None = None, echo: bool = False,
+                 mode: str = "create"):
+        """``mode``: ``"create"`` (the default: the file, its directories and tables are made as needed),
+        ``"existing"`` (the store must exist already; nothing is created, writes are allowed — ``--resume``) or
+        ``"read"`` (read-only: nothing is created, no table is made or altered, no write lock is taken; a store in a
+        read-only directory or file is readable). Every failure to open — an unknown URL scheme, a missing,
+        garbage, truncated or locked file, a directory, an unreachable server — is a :class:`StoreError` whose
+        message names the store. ``busy_timeout_s``: how long to wait for another process's lock (default 30 s,
+        or ``AGENTRFT_STORE_BUSY_TIMEOUT_S``)."""
+        if mode not in ("create", "existing", "read"):
+            raise ValueError(f"RunStore mode must be create, existing or read, not {mode!r}")
+        if busy_timeout_s is None:
+            busy_timeout_s = _env_timeout()
+        self.mode, self.readonly, self.busy_timeout_s = mode, mode == "read", busy_timeout_s
         if "://" not in str(url):
             url = f"sqlite:///{Path(url)}"
         self.url = str(url)
-        parsed = make_url(self.url)
-        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.where = self.url  # what messages call the store: the file for SQLite, the URL (no password) otherwise
+        try:
+            parsed = make_url(self.url)
+            self.where = parsed.render_as_string(hide_password=True)
+            backend = parsed.get_backend_name()
+        except Exception as e:  # noqa: BLE001 — sqlalchemy.exc.ArgumentError and friends
+            raise StoreError(f"store URL {self.url!r} is not a database URL ({e}); use sqlite:///PATH or "
+                             "postgresql+psycopg://USER@HOST/DB") from None
+        self.is_sqlite = backend == "sqlite"
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             db = parsed.database or ""
             memory = db in ("", ":memory:") or "mode=memory" in self.url
             if not memory and not db.startswith("file:"):
-                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                self.where = str(Path(db).expanduser())
+                _check_sqlite_file(Path(db).expanduser(), mode, self.where)
             kwargs["json_serializer"] = _dumps_sqlite
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_s}
             if memory:  # one shared connection, or every thread would see its own empty database
                 kwargs["poolclass"] = StaticPool
+            elif self.readonly and not db.startswith("file:"):
+                kwargs["creator"] = _readonly_sqlite_connect(Path(db).expanduser(), busy_timeout_s)
         else:
             kwargs["json_serializer"] = _dumps_strict
             kwargs["pool_pre_ping"] = True
-        self.engine: Engine = create_engine(self.url, **kwargs)
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except Exception as e:  # noqa: BLE001 — NoSuchModuleError (unknown scheme), a missing driver, …
+            scheme = self.url.split("://", 1)[0]
+            raise StoreError(f"store URL {self.where!r}: cannot use scheme {scheme!r} ({type(e).__name__}: "
+                             f"{_first_line(e)}); use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB") from None
+        if self.readonly and not self.is_sqlite:
+            self.engine = self.engine.execution_options(postgresql_readonly=True)
         if self.is_sqlite:
-            _sqlite_setup(self.engine, busy_timeout_s)
+            _sqlite_setup(self.engine, busy_timeout_s, readonly=self.readonly)
         self._writer = self.engine.execution_options(agentrft_write=True)
-        with self._writer.begin() as conn:
-            Base.metadata.create_all(conn)
-            _migrate(conn)
-        self._has_heartbeat = True
-        with self._write() as s:
-            v = s.get(Meta, "schema_version")
-            if v is None:
-                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif v.value.isdigit() and int(v.value) < SCHEMA_VERSION:
-                v.value = str(SCHEMA_VERSION)
+        with self._errors():
+            if mode == "create":
+                with self._writer.begin() as conn:
+                    Base.metadata.create_all(conn)
+                    _migrate(conn)
+            else:
+                from sqlalchemy import inspect
+
+                with self.engine.connect() as conn:
+                    insp = inspect(conn)
+                    if not insp.has_table("runs"):
+                        raise StoreError(f"store {self.where} is not an agentrft store (it has no runs table)")
+                    has_beat = "heartbeat_at" in {c["name"] for c in insp.get_columns("runs")}
+                if mode == "existing" and not has_beat:
+                    with self._writer.begin() as conn:
+                        Base.metadata.create_all(conn)
+                        _migrate(conn)
+            self._has_heartbeat = True if mode != "read" else has_beat
+            if mode != "read":
+                with self._write() as s:
+                    v = s.get(Meta, "schema_version")
+                    if v is None:
+                        s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                    elif v.value.isdigit() and int(v.value) < SCHEMA_VERSION:
+                        v.value = str(SCHEMA_VERSION)
 
     @classmethod
     def for_path(cls, path: str | os.PathLike, **kwargs: Any) -> "RunStore":
@@ -190,15 +235,32 @@ class RunStore:
 
     # ---- sessions ------------------------------------------------------------------------------------------
     @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Database errors (locked, corrupt, unreachable, read-only, disk full) as a :class:`StoreError` naming the
+        store; integrity errors pass through (callers handle them)."""
+        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except DBAPIError as e:
+            raise StoreError(_explain(e, self.where, self.busy_timeout_s)) from None
+        except SQLAlchemyError as e:
+            raise StoreError(f"store {self.where}: {type(e).__name__}: {_first_line(e)}") from None
+
+    @contextmanager
     def _write(self) -> Iterator[Session]:
         """One write transaction (BEGIN IMMEDIATE on SQLite): committed whole on exit, rolled back on error."""
-        with Session(self._writer, expire_on_commit=False) as s, s.begin():
+        if self.readonly:
+            raise StoreError(f"store {self.where} was opened read-only")
+        with self._errors(), Session(self._writer, expire_on_commit=False) as s, s.begin():
             yield s
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
         """One read transaction: every query inside sees the same snapshot."""
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+        with self._errors(), Session(self.engine, expire_on_commit=False) as s, s.begin():
             yield s
 
     # ---- runs ----------------------------------------------------------------------------------------------
@@ -539,7 +601,88 @@ class RunStore:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
+def _env_timeout() -> float:
+    raw = os.environ.get("AGENTRFT_STORE_BUSY_TIMEOUT_S")
+    if raw is None:
+        return 30.0
+    try:
+        v = float(raw)
+    except ValueError:
+        raise StoreError(f"AGENTRFT_STORE_BUSY_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    if not math.isfinite(v) or v < 0:
+        raise StoreError(f"AGENTRFT_STORE_BUSY_TIMEOUT_S={raw!r} must be a finite number of seconds ≥ 0")
+    return v
+
+
+def _first_line(e: BaseException) -> str:
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _explain(e: Any, where: str, busy_timeout_s: float) -> str:
+    """A user's message for a DBAPI error on the store ``where``."""
+    msg = _first_line(e)
+    low = msg.lower()
+    if "locked" in low or "busy" in low:
+        return (f"store {where} is locked by another process (waited {busy_timeout_s:g} s; "
+                "AGENTRFT_STORE_BUSY_TIMEOUT_S waits longer)")
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return f"store {where} is not a readable SQLite database: it is corrupt, truncated or another kind of file ({msg})"
+    if "readonly" in low or "read-only" in low:
+        return f"store {where} is read-only ({msg}); commands that write need a writable store"
+    if "disk is full" in low or "no space" in low:
+        return f"store {where}: the disk is full ({msg})"
+    if "unable to open" in low:
+        return f"cannot open store {where} ({msg})"
+    if "connection" in low or "could not translate host" in low or "does not exist" in low:
+        return f"cannot connect to store {where} ({msg})"
+    return f"store {where}: {msg}"
+
+
+def _check_sqlite_file(path: Path, mode: str, where: str) -> None:
+    """What can be said about a SQLite store's file before opening it (opening a directory or a missing file in
+    read mode gives SQLite's unhelpful 'unable to open database file')."""
+    if path.is_dir():
+        raise StoreError(f"store {where} is a directory, not a SQLite file")
+    if mode != "create":
+        if not path.exists():
+            what = "nothing was created" if mode == "read" else "nothing to resume; nothing was created"
+            raise StoreError(f"no store at {where} ({what})")
+        return
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the store's directory {parent}: {e.strerror or e}") from None
+    if not parent.is_dir():
+        raise StoreError(f"cannot create store {where}: {parent} is not a directory")
+
+
+def _readonly_sqlite_connect(path: Path, busy_timeout_s: float):  # noqa: ANN202
+    """A connection factory that opens ``path`` read-only (``mode=ro``): nothing is created beside it. In a
+    directory nobody may write to, a WAL database whose ``-shm`` file is missing cannot be opened that way; it is
+    then opened ``immutable`` (nobody can be writing to it there)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    target = quote(str(path.resolve()))
+
+    def connect():  # noqa: ANN202
+        try:
+            con = sqlite3.connect(f"file:{target}?mode=ro", uri=True, check_same_thread=False, timeout=busy_timeout_s)
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return con
+        except sqlite3.OperationalError as e:
+            if "unable to open" not in str(e) and "readonly" not in str(e):
+                raise
+            return sqlite3.connect(f"file:{target}?immutable=1", uri=True, check_same_thread=False,
+                                   timeout=busy_timeout_s)
+
+    return connect
+
+
+def _sqlite_setup(engine: Engine, busy_timeout_s: float, readonly: bool = False) -> None:
     """WAL, foreign keys, busy timeout on every connection; our own BEGIN (IMMEDIATE for writes).
 
     pysqlite's own transaction handling begins transactions late and never for SELECTs; turning it off
@@ -551,7 +694,8 @@ def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        if not readonly:  # a reader changes nothing about the file
+            cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
