@@ -48,6 +48,7 @@ from agentrft.rl.advantages import (
     token_advantages,
     turn_baselines,
 )
+from agentrft.redact import redact_config
 from agentrft.rl.loss import build_loss
 from agentrft.rl.run_lifecycle import Heartbeat, abort_start, set_status_quietly
 from agentrft.rollout.agent import RolloutTask
@@ -150,11 +151,11 @@ class Trainer:
             if latest.exists():
                 model_path = str(latest)
         else:
-            self.run_id = self.store.create_run(cfg.name or Path(cfg.training_file).stem, cfg.model_dump(),
+            self.run_id = self.store.create_run(cfg.name or Path(cfg.training_file).stem, redact_config(cfg.model_dump()),
                                                 base_model=cfg.model, output_dir=str(cfg.output_path))
             self.run_dir = cfg.output_path / self.run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2, default=str))
+        (self.run_dir / "config.json").write_text(json.dumps(redact_config(cfg.model_dump()), indent=2, default=str))
         return model_path
 
     def _load_learner(self, model_path: str) -> None:

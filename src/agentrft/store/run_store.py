@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+from agentrft.redact import redact_config, redact_url
 from agentrft.store.schema import (
     SCHEMA_VERSION,
     Audit,
@@ -265,14 +266,16 @@ class RunStore:
 
     # ---- runs ----------------------------------------------------------------------------------------------
     def create_run(self, name: str, config: dict, *, base_model: str = "", output_dir: str = "") -> str:
-        """Create a run; its id is ``run-YYYYMMDD-HHMMSS-xxxx`` (UTC time, then 4 random hex digits), so ids sort
+        """Create a run (secrets in ``config`` — header values, keys, URL passwords — are stored redacted, see
+        :mod:`agentrft.redact`); its id is ``run-YYYYMMDD-HHMMSS-xxxx`` (UTC time, then 4 random hex digits), so ids sort
         by creation time and a short prefix names one run."""
         for _ in range(20):
             now = utcnow()
             run_id = f"run-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
             try:
                 with self._write() as s:
-                    s.add(Run(id=run_id, name=name, status="queued", config=config or {}, base_model=base_model or "",
+                    s.add(Run(id=run_id, name=name, status="queued", config=redact_config(config or {}),
+                              base_model=redact_url(base_model or ""),
                               output_dir=str(output_dir or ""), created_at=now, updated_at=now, heartbeat_at=now))
                 return run_id
             except IntegrityError:  # the same second and the same 4 hex digits: draw again

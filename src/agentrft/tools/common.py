@@ -7,6 +7,7 @@ import re
 from typing import Mapping
 
 from agentrft.config import ConfigError
+from agentrft.redact import redact_value
 
 MAX_BYTES = 1_000_000  # 1 MB each way (OpenAI's Agent RFT limit)
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -24,13 +25,9 @@ def resolve_env(value: str, env: Mapping[str, str], where: str) -> str:
 
 def redact(value: str) -> str:
     """What may be shown of a header or environment value: references as written (``Bearer ${TOKEN}``), never a
-    literal secret."""
-    refs = ENV_REF.findall(value)
-    if refs and ENV_REF.sub("", value).strip() in ("", "Bearer", "Basic", "Token"):
-        return value  # only references (and a scheme word): safe to show as written
-    if refs:
-        return "<redacted; uses " + ", ".join("${" + r + "}" for r in refs) + ">"
-    return "<redacted>"
+    literal secret. The rule lives in :mod:`agentrft.redact`, which the run record and the run directory's
+    config.json use too."""
+    return redact_value(value)
 
 
 def cut_utf8(text: str, max_bytes: int) -> tuple[str, int]:

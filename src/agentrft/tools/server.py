@@ -290,7 +290,7 @@ def check_bind(host: str, token: str | None) -> None:
     if host not in LOOPBACK_HOSTS and not token:
         raise ValueError(
             f"refusing to bind {host!r} without a token: tools would be callable by anyone who can reach it. "
-            "Pass --token (or set AGENTRFT_TOOLS_TOKEN), or bind 127.0.0.1."
+            "Set AGENTRFT_TOOLS_TOKEN (or pass --token-file or --token), or bind 127.0.0.1."
         )
 
 

@@ -1,0 +1,68 @@
+"""Secrets out of what is recorded: one redaction for tool headers, MCP env, grader headers, keys and URLs.
+
+:func:`redact_value` is the rule the tool backends' ``repr``/``describe`` use: a value made only of ``${VAR}``
+references (optionally after a scheme word such as ``Bearer``) is safe to show as written — the secret lives in the
+environment — and anything else is ``<redacted>`` (naming the references it uses, if any).
+
+:func:`redact_config` applies it to a whole run config (a plain dict, e.g. ``RunConfig.model_dump()``) before it is
+stored in the run record or written to the run directory's ``config.json``: every value of a ``headers`` or
+``env`` mapping, every string under a key that names a secret (``api_key``, ``token``, ``password``, …) and the
+password of any ``scheme://user:password@host`` URL. A leaf module: the store and the CLI use it without importing
+the tool backends.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+REDACTED = "<redacted>"
+_SECRET_KEY = re.compile(r"^(?:.*[_-])?(?:api[_-]?key|(?:access|secret|private|client)[_-]?key|token|secret|password|"
+                         r"passwd|pwd|auth|authorization|credentials?|cookie|bearer)$", re.IGNORECASE)
+_SECRET_MAPS = ("headers", "env", "environment", "cookies")
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^@/\s]+)(?P<tail>@)")
+
+
+def redact_value(value: Any) -> str:
+    """``${VAR}`` references (and a scheme word) as written; anything else ``<redacted>``."""
+    text = str(value)
+    refs = ENV_REF.findall(text)
+    if refs and ENV_REF.sub("", text).strip() in ("", "Bearer", "Basic", "Token"):
+        return text
+    if refs:
+        return "<redacted; uses " + ", ".join("${" + r + "}" for r in refs) + ">"
+    return REDACTED
+
+
+def redact_url(text: str) -> str:
+    """``scheme://user:password@host…`` with the password replaced (a ``${VAR}`` password is kept as written)."""
+    def sub(m: re.Match) -> str:
+        pw = m.group("pw")
+        return m.group(0) if ENV_REF.fullmatch(pw) else m.group("head") + "***" + m.group("tail")
+
+    return _URL_PASSWORD.sub(sub, text)
+
+
+def is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and bool(_SECRET_KEY.match(key))
+
+
+def redact_config(data: Any) -> Any:
+    """A copy of ``data`` (dicts, lists, scalars) with its secrets redacted; ``data`` itself is not changed."""
+    if isinstance(data, dict):
+        out: dict[Any, Any] = {}
+        for k, v in data.items():
+            if isinstance(k, str) and k.lower() in _SECRET_MAPS and isinstance(v, dict):
+                out[k] = {hk: (redact_value(hv) if isinstance(hv, (str, int, float)) and not isinstance(hv, bool)
+                               else redact_config(hv)) for hk, hv in v.items()}
+            elif is_secret_key(k) and isinstance(v, str):
+                out[k] = redact_value(v)
+            else:
+                out[k] = redact_config(v)
+        return out
+    if isinstance(data, (list, tuple)):
+        return [redact_config(v) for v in data]
+    if isinstance(data, str) and "://" in data and "@" in data:
+        return redact_url(data)
+    return data
