@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from agentrft import bounded
+
 
 class ConfigError(ValueError):
     """The config is invalid; ``str()`` lists every problem with its field path."""
@@ -285,11 +287,13 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<confi
     if isinstance(grader, str):
         gpath = Path(grader) if Path(grader).is_absolute() else Path(base_dir) / grader
         try:
-            data["grader"] = json.loads(gpath.read_text())
+            data["grader"] = bounded.loads_json(bounded.read_text(gpath))
         except OSError as e:
             raise ConfigError(f"{source}: grader: cannot read {gpath}: {e.strerror}") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{source}: grader: {gpath}:{e.lineno}: not valid JSON: {e.msg}") from None
+        except bounded.BoundsError as e:  # too large, too deep, not UTF-8
+            raise ConfigError(f"{source}: grader: {gpath}: {e}") from None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
@@ -297,15 +301,21 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<confi
 
 
 def read_yaml(path: str | Path, error: type[Exception] = None) -> Any:  # type: ignore[assignment]
-    """Read a YAML file; unreadable or invalid YAML raises ``error`` (default ConfigError) naming ``file:line``."""
+    """Read a YAML file; unreadable or invalid YAML raises ``error`` (default ConfigError) naming ``file:line``; so
+    does a file over 16 MB, one that is not UTF-8, or one whose aliases expand past 200,000 values
+    (:mod:`agentrft.bounded`)."""
     error = error or ConfigError
     path = Path(path)
     try:
-        text = path.read_text()
+        text = bounded.read_text(path)
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror}") from None
+    except bounded.BoundsError as e:  # too large or not UTF-8
+        raise error(f"{path}: {e}") from None
     try:
-        return yaml.safe_load(text)
+        return bounded.load_yaml(text)  # refuses alias bombs and deep nesting before building anything
+    except bounded.BoundsError as e:
+        raise error(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

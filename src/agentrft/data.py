@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from agentrft.bounded import BoundsError, loads_json
+
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -212,9 +214,12 @@ def _load(path: Path, known_tools, max_rows, allow_demos, cap) -> tuple[list[Row
             continue
         total += 1
         try:
-            obj = json.loads(text)
+            obj = loads_json(text)
         except json.JSONDecodeError as e:
             problems.append(f"{where}: not valid JSON: {e.msg} (column {e.colno})")
+            continue
+        except BoundsError as e:  # pathologically nested
+            problems.append(f"{where}: {e}")
             continue
         row_problems: list[str] = []
         row_warnings: list[str] = []
@@ -357,9 +362,13 @@ def _check_tool_calls(calls: Any, at: str, known_tools, problems) -> list[dict] 
             continue
         else:
             try:
-                json.loads(args or "{}")
+                loads_json(args or "{}")
             except json.JSONDecodeError as e:
                 problems.append(f"{cat} ({name}) has arguments that are not JSON: {e.msg} (column {e.colno})")
+                ok = False
+                continue
+            except BoundsError as e:
+                problems.append(f"{cat} ({name}) has arguments that are {e}")
                 ok = False
                 continue
         out.append({"id": c.get("id") or f"call_{k}", "type": "function",

@@ -48,21 +48,32 @@ def is_secret_key(key: Any) -> bool:
     return isinstance(key, str) and bool(_SECRET_KEY.match(key))
 
 
-def redact_config(data: Any) -> Any:
-    """A copy of ``data`` (dicts, lists, scalars) with its secrets redacted; ``data`` itself is not changed."""
+def redact_config(data: Any, _memo: dict[int, Any] | None = None) -> Any:
+    """A copy of ``data`` (dicts, lists, scalars) with its secrets redacted; ``data`` itself is not changed. An
+    object reached twice is copied once and shared in the copy, so a config whose references expand enormously
+    (an alias bomb) costs no more to redact than it took to hold."""
+    memo = {} if _memo is None else _memo
+    if isinstance(data, (dict, list, tuple)):
+        hit = memo.get(id(data))
+        if hit is not None:
+            return hit[1]
     if isinstance(data, dict):
         out: dict[Any, Any] = {}
+        memo[id(data)] = (data, out)  # the original is kept alive so its id is not reused meanwhile
         for k, v in data.items():
             if isinstance(k, str) and k.lower() in _SECRET_MAPS and isinstance(v, dict):
                 out[k] = {hk: (redact_value(hv) if isinstance(hv, (str, int, float)) and not isinstance(hv, bool)
-                               else redact_config(hv)) for hk, hv in v.items()}
+                               else redact_config(hv, memo)) for hk, hv in v.items()}
             elif is_secret_key(k) and isinstance(v, str):
                 out[k] = redact_value(v)
             else:
-                out[k] = redact_config(v)
+                out[k] = redact_config(v, memo)
         return out
     if isinstance(data, (list, tuple)):
-        return [redact_config(v) for v in data]
+        lst: list[Any] = []
+        memo[id(data)] = (data, lst)
+        lst.extend(redact_config(v, memo) for v in data)
+        return lst
     if isinstance(data, str) and "://" in data and "@" in data:
         return redact_url(data)
     return data

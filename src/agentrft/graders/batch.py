@@ -65,5 +65,13 @@ def grade_trajectories(
         for t in todo:
             one(t)
         return
-    with cf.ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="grade") as ex:
+    ex = cf.ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="grade")
+    try:
         list(ex.map(one, todo))
+    except KeyboardInterrupt:  # Ctrl-C: kill the sandboxed graders still running instead of waiting for them
+        from agentrft.graders.sandbox import interrupt_all
+
+        ex.shutdown(wait=False, cancel_futures=True)
+        interrupt_all()
+        raise
+    ex.shutdown(wait=True)

@@ -39,14 +39,20 @@ def _die(msg: str, code: int = 2) -> None:
 
 
 def _load_json(path: Path, what: str) -> Any:
+    from agentrft.bounded import BoundsError, loads_json, read_text
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as e:
         _die(f"{what} {path}: {e.strerror}")
+    except BoundsError as e:  # too large, not UTF-8
+        _die(f"{what} {path}: {e}")
     try:
-        return json.loads(text)
+        return loads_json(text)
     except json.JSONDecodeError as e:
         _die(f"{path}:{e.lineno}:{e.colno}: {what} is not valid JSON: {e.msg}")
+    except BoundsError as e:  # nested too deeply
+        _die(f"{what} {path}: {e}")
 
 
 def normalize_sample(value: Any) -> dict[str, Any]:
@@ -218,11 +224,19 @@ def batch(
                 results[lineno] = one(lineno, ln)
                 progress.advance(task)
         else:
-            with cf.ThreadPoolExecutor(n_workers) as ex:
+            ex = cf.ThreadPoolExecutor(n_workers)
+            try:
                 futs = {ex.submit(one, lineno, ln): lineno for lineno, ln in rows}
                 for f in cf.as_completed(futs):
                     results[futs[f]] = f.result()
                     progress.advance(task)
+            except KeyboardInterrupt:  # Ctrl-C: stop the graders now rather than wait for every running one
+                from agentrft.graders.sandbox import interrupt_all
+
+                ex.shutdown(wait=False, cancel_futures=True)
+                interrupt_all()
+                raise
+            ex.shutdown(wait=True)
     g.close()
     elapsed = time.perf_counter() - t0
     out_f = output.open("w", encoding="utf-8") if output else sys.stdout

@@ -59,8 +59,11 @@ class _Worker:
         os.chmod(self.scratch, 0o700)
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
+        # the life pipe: nothing is ever written to it; when this process dies (even by SIGKILL) its end closes and
+        # the kernel sends the worker SIGIO, which terminates it (see sandbox_worker.die_with_parent)
+        life_r, self.life_w = os.pipe()
         cfg = {"scratch": self.scratch, "memory_mb": pool.memory_mb, "disk_mb": pool.disk_mb,
-               "warm_imports": list(pool.warm_imports), "hide_paths": list(pool.hide_paths)}
+               "warm_imports": list(pool.warm_imports), "hide_paths": list(pool.hide_paths), "life_fd": life_r}
         env = {"PATH": "/usr/bin:/bin", "HOME": self.scratch, "TMPDIR": self.scratch, "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1",
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -68,13 +71,18 @@ class _Worker:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-B", WORKER, str(req_r), str(resp_w), json.dumps(cfg)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                pass_fds=(req_r, resp_w), env=env, cwd=self.scratch, start_new_session=True,
+                pass_fds=(req_r, resp_w, life_r), env=env, cwd=self.scratch, start_new_session=True,
             )
+        except BaseException:
+            os.close(self.life_w)
+            raise
         finally:
             os.close(req_r)
             os.close(resp_w)
+            os.close(life_r)
         self.isolation: dict[str, Any] = {}
         self.dead = False
+        self._closed_fds = False
         try:
             ready = self.recv(pool.start_timeout_s)
         except SandboxError as e:
@@ -131,7 +139,18 @@ class _Worker:
         except (ValueError, UnicodeDecodeError) as e:
             raise SandboxError(f"worker broke the protocol: {e}") from None
 
+    def terminate(self) -> None:
+        """SIGKILL the worker from another thread; its owner sees EOF and cleans up (no fd is closed here, so
+        a pipe number cannot be reused under the owner's feet)."""
+        for kill in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.proc.kill):
+            try:
+                kill()
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+
     def kill(self) -> None:
+        if self.dead and self._closed_fds:
+            return
         self.dead = True
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -145,7 +164,8 @@ class _Worker:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        for fd in (self.req_w, self.resp_r):
+        self._closed_fds = True
+        for fd in (self.req_w, self.resp_r, self.life_w):
             try:
                 os.close(fd)
             except OSError:
@@ -181,9 +201,11 @@ class SandboxPool:
         self.hide_paths = tuple(hide_paths) if hide_paths is not None else (os.path.expanduser("~"),)
         self.root = tempfile.mkdtemp(prefix="agentrft-sandbox-")
         os.chmod(self.root, 0o711)
+        self._reaper, self._reaper_w = _start_reaper(self.root)
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
         self._lock = threading.Lock()
         self._count = 0
+        self._live: set[_Worker] = set()  # every started worker not yet retired, idle or busy
         self._next_idx = 0
         self._closed = False
         self.stats = {"grades": 0, "timeouts": 0, "killed": 0, "restarts": 0}
@@ -213,6 +235,8 @@ class SandboxPool:
                     with self._lock:
                         self._count -= 1
                     raise
+                with self._lock:
+                    self._live.add(w)
                 self.last_isolation = w.isolation
                 return w
             try:
@@ -223,12 +247,15 @@ class SandboxPool:
     def _release(self, w: _Worker) -> None:
         if w.dead:
             with self._lock:
+                self._live.discard(w)
                 self._count -= 1
                 self.stats["restarts"] += 1
             shutil.rmtree(w.scratch, ignore_errors=True)
             return
         if self._closed:
             w.kill()
+            with self._lock:
+                self._live.discard(w)
             return
         self._idle.put(w)
 
@@ -278,14 +305,44 @@ class SandboxPool:
             self._release(w)
 
     def close(self) -> None:
+        """Kill every worker — idle ones here, busy ones by signal (their grading threads then see the worker
+        killed and return at once, so Ctrl-C is not stuck behind a grader that never ends) — and remove the
+        scratch directories."""
         self._closed = True
+        idle = []
         while True:
             try:
-                w = self._idle.get_nowait()
+                idle.append(self._idle.get_nowait())
             except queue.Empty:
                 break
+        with self._lock:
+            busy = [w for w in self._live if w not in idle]
+            self._live.clear()
+        for w in busy:
+            w.terminate()
+        for w in idle:
             w.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._reaper_w is not None:
+            os.close(self._reaper_w)  # the reaper finds nothing left to remove and exits
+            self._reaper_w = None
+
+
+def _start_reaper(root: str) -> tuple[Any, int | None]:
+    """A tiny process (``sh``) that removes ``root`` once this process is gone, however it ends: it blocks reading a
+    pipe whose only writer is this process, and a SIGKILL closes that writer too. (atexit does not run on SIGKILL;
+    the workers die by themselves, but their scratch directories would be left behind.)"""
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", 'read _ignored; rm -rf -- "$1"', "agentrft-sandbox-reaper", root],
+                                stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)  # not stopped by the terminal's Ctrl-C before we clean up
+    except OSError:
+        os.close(w)
+        return None, None
+    finally:
+        os.close(r)
+    return proc, w
 
 
 _POOLS: dict[tuple, SandboxPool] = {}
@@ -306,3 +363,8 @@ def get_pool(size: int | None = None, **kw: Any) -> SandboxPool:
 def _close_all() -> None:
     for p in list(_POOLS.values()):
         p.close()
+
+
+def interrupt_all() -> None:
+    """On Ctrl-C: kill every sandbox worker of this process now (busy ones included)."""
+    _close_all()

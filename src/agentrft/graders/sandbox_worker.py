@@ -422,9 +422,34 @@ def _clean_scratch(scratch: str) -> None:
             pass
 
 
+def die_with_parent(fd: int) -> None:
+    """Terminate when the parent process is gone, with no cooperation from this process (a grader spinning in C
+    code holds the GIL, so a watchdog thread could not act): ``fd`` is the read end of a pipe only the parent can
+    write to; with O_ASYNC the kernel sends SIGIO — whose default action terminates — when its last writer closes,
+    which a parent killed by SIGKILL does too. (PR_SET_PDEATHSIG would fire when the parent *thread* that started
+    the worker exits, and the pool starts workers from short-lived grading threads.)"""
+    import fcntl
+    import select
+    import signal
+
+    try:
+        signal.signal(signal.SIGIO, signal.SIG_DFL)
+        fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+        ISOLATION["dies_with_parent"] = True
+    except (OSError, AttributeError, ValueError) as e:
+        ISOLATION["dies_with_parent"] = f"unavailable: {e}"
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    if poller.poll(0):  # nothing is ever written: readable means the parent already died
+        os._exit(0)
+
+
 def main() -> None:
     req_fd, resp_fd = int(sys.argv[1]), int(sys.argv[2])
     cfg = json.loads(sys.argv[3])
+    if cfg.get("life_fd") is not None:
+        die_with_parent(int(cfg["life_fd"]))
     scratch = cfg["scratch"]
     for mod in cfg.get("warm_imports", []):
         try:

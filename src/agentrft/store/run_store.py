@@ -57,6 +57,7 @@ _CHUNK = 500  # ids per IN (...) clause, well under SQLite's bound-parameter lim
 # older than STALE_AFTER_S (a SIGKILL, a crash, a full disk that stopped even the status write) is interrupted.
 HEARTBEAT_INTERVAL_S = 30.0
 STALE_AFTER_S = 300.0
+MAX_CONFIG_BYTES = 8 * 1024 * 1024  # a run's config as stored (an alias bomb must not become a 78 MB store)
 
 
 class StoreError(Exception):
@@ -115,6 +116,19 @@ def _dumps_sqlite(o: Any) -> str:
 
 def _dumps_strict(o: Any) -> str:
     return json.dumps(_finite(json.loads(_dumps_sqlite(o))), ensure_ascii=False, allow_nan=False)
+
+
+def _check_json_size(obj: Any, cap: int, what: str) -> None:
+    """StoreError if ``obj`` written as JSON is over ``cap`` bytes — found while encoding piece by piece, so an object
+    that expands enormously is stopped at the cap, not after it was written out whole."""
+    n = 0
+    try:
+        for piece in json.JSONEncoder(ensure_ascii=False, default=_json_default).iterencode(obj):
+            n += len(piece)
+            if n > cap:
+                raise StoreError(f"{what} is over {cap // (1024 * 1024)} MB as JSON; refusing to store it")
+    except (RecursionError, ValueError) as e:  # nested too deeply, or a circular reference
+        raise StoreError(f"{what} cannot be stored as JSON: {e}") from None
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -269,12 +283,14 @@ class RunStore:
         """Create a run (secrets in ``config`` — header values, keys, URL passwords — are stored redacted, see
         :mod:`agentrft.redact`); its id is ``run-YYYYMMDD-HHMMSS-xxxx`` (UTC time, then 4 random hex digits), so ids sort
         by creation time and a short prefix names one run."""
+        config = redact_config(config or {})
+        _check_json_size(config, MAX_CONFIG_BYTES, "the run config")
         for _ in range(20):
             now = utcnow()
             run_id = f"run-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
             try:
                 with self._write() as s:
-                    s.add(Run(id=run_id, name=name, status="queued", config=redact_config(config or {}),
+                    s.add(Run(id=run_id, name=name, status="queued", config=config,
                               base_model=redact_url(base_model or ""),
                               output_dir=str(output_dir or ""), created_at=now, updated_at=now, heartbeat_at=now))
                 return run_id

@@ -37,10 +37,12 @@ from typing import Any, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from agentrft.bounded import BoundsError, loads_json
 from agentrft.tools.registry import PythonTool, ToolContext
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 MAX_REQUEST_BYTES = 1_000_000
+MAX_JSON_DEPTH = 64  # nesting of a request body (and of a call's arguments)
 
 
 class TraceStore:
@@ -162,6 +164,12 @@ def make_tool_server(
 
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.traces = traces
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # whatever still recursed too deep on a hostile payload is the client's doing: a 4xx, never a traceback
+        count("errors")
+        return JSONResponse(_output(None, "Error: the request is nested too deeply"), status_code=400)
     app.state.counters = counters
 
     @app.middleware("http")
@@ -229,7 +237,9 @@ def make_tool_server(
             args = raw_args
         else:
             try:
-                args = json.loads(raw_args) if raw_args else {}
+                args = loads_json(raw_args, max_depth=MAX_JSON_DEPTH) if raw_args else {}
+            except BoundsError as e:
+                return fail(400, f"Error: arguments are {e}", call_id)
             except (TypeError, ValueError) as e:
                 return fail(400, f"Error: arguments are not valid JSON: {e}", call_id)
             if not isinstance(args, dict):
@@ -246,15 +256,30 @@ def make_tool_server(
         return JSONResponse(_output(call_id, text))
 
     async def read_payload(request: Request) -> tuple[Any, JSONResponse | None]:
-        body = await request.body()
-        if len(body) > MAX_REQUEST_BYTES:
+        """The JSON body, read in chunks and refused (413) as soon as it passes MAX_REQUEST_BYTES — a declared
+        Content-Length over the cap is refused before reading anything — so a huge body never sits in memory;
+        a body that is not JSON or nests deeper than MAX_JSON_DEPTH is a 400."""
+        def refuse(code: int, msg: str) -> tuple[None, JSONResponse]:
             count("errors")
-            return None, JSONResponse(_output(None, f"Error: request over {MAX_REQUEST_BYTES} bytes"), status_code=413)
+            return None, JSONResponse(_output(None, f"Error: {msg}"), status_code=code)
+
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return refuse(400, f"bad Content-Length {declared[:40]!r}")
+            if int(declared) > MAX_REQUEST_BYTES:
+                return refuse(413, f"request over {MAX_REQUEST_BYTES} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_REQUEST_BYTES:
+                return refuse(413, f"request over {MAX_REQUEST_BYTES} bytes")
         try:
-            return json.loads(body), None
+            return loads_json(bytes(body), max_depth=MAX_JSON_DEPTH), None
+        except BoundsError as e:
+            return refuse(400, f"body is {e}")
         except ValueError as e:
-            count("errors")
-            return None, JSONResponse(_output(None, f"Error: body is not JSON: {e}"), status_code=400)
+            return refuse(400, f"body is not JSON: {e}")
 
     @app.post("/")
     async def call_root(request: Request) -> Any:
