@@ -166,7 +166,10 @@ def _train(*args: str, **env: str) -> subprocess.Popen:
                             env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.parametrize("point", checkpoint_io.POINTS)
+# the issue's case (between the two renames) runs by default; every point of the swap is also covered above by a
+# SIGKILLed save, and the whole-CLI run at the other points is in the slow suite (~15 s each)
+@pytest.mark.parametrize("point", [p if p == "moved_old" else pytest.param(p, marks=pytest.mark.slow)
+                                   for p in checkpoint_io.POINTS])
 def test_training_killed_at_each_point_of_the_swap_resumes_from_the_newest_checkpoint(tiny_model, tmp_path, point):
     files = lookup_task.write_task(tmp_path / "data", n_train=8, n_valid=1, n_demos=1)
     cfg = _config(tmp_path, tiny_model, files, steps=3)
@@ -272,4 +275,44 @@ def test_a_store_from_before_heartbeats_gets_the_column_and_keeps_its_runs(tmp_p
     assert run["status"] == "running" and run["heartbeat_at"] is None and not run["interrupted"]
     st.heartbeat(rid)
     assert st.get_run(rid)["heartbeat_at"] is not None
+    st.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a full disk: a clear error, the run recorded failed, no chained traceback
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs (root with mount rights only): big enough for a run directory, too small for a checkpoint."""
+    import shutil as sh
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not sh.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_fails_the_run_with_a_clear_error(tiny_model, tmp_path, small_disk):
+    files = lookup_task.write_task(tmp_path / "data", n_train=4, n_valid=1, n_demos=1)
+    cfg = yaml.safe_load(_config(tmp_path, tiny_model, files, steps=2).read_text())
+    cfg["output_dir"] = str(small_disk / "runs")
+    cfg["store"] = "sqlite:///" + str(tmp_path / "store" / "agentrft.db")  # the store itself is on a roomy disk
+    cfg["validation_file"] = None
+    p = tmp_path / "full.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "agentrft.cli", "train", str(p), "--no-progress"], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    said = " ".join(res.stderr.split())
+    assert "Traceback" not in said and "No space left on device" in said and "cannot write checkpoint" in said, said
+    st = RunStore(cfg["store"], mode="read")
+    assert [r["status"] for r in st.list_runs()] == ["failed"]  # not `running` forever
     st.close()

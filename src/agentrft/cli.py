@@ -64,6 +64,11 @@ def user_errors() -> Iterator[None]:
     except FileNotFoundError as e:
         err.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
+    except OSError as e:  # a full disk, a read-only or unwritable output directory: the OS's words and the path
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _quiet_libraries() -> None:

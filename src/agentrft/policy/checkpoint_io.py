@@ -39,6 +39,13 @@ PAUSE_STEP_ENV = "AGENTRFT_TEST_CHECKPOINT_PAUSE_STEP"
 POINTS = ("writing", "written", "moved_old", "replaced", "discarding")
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (the previous one at that path is intact)."""
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
 def _pause_wanted(point: str, step: int | None) -> bool:
     want = os.environ.get(PAUSE_STEP_ENV)
     return os.environ.get(PAUSE_ENV) == point and (want is None or str(step) == want)
@@ -180,17 +187,22 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any], *, s
     # leftovers of a killed swap: keep the newest complete checkpoint at `path` before touching anything
     if tmp.exists() or old.exists():
         recover(path)
-    tmp.mkdir()
-    (tmp / ".agentrft-checkpoint").touch()
-    write(tmp)
-    _fsync_tree(tmp)
-    _pause("writing", step)
-    marker = tmp / MARKER
-    with open(marker, "w") as f:
-        json.dump({"step": step}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_path(tmp)
+    try:
+        tmp.mkdir()
+        (tmp / ".agentrft-checkpoint").touch()
+        write(tmp)
+        _fsync_tree(tmp)
+        _pause("writing", step)
+        marker = tmp / MARKER
+        with open(marker, "w") as f:
+            json.dump({"step": step}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_path(tmp)
+    except Exception as e:  # a full disk (safetensors raises its own error type for it), no permission, …
+        discard(tmp)  # the partial copy goes: it would only hold the disk full; `path` is untouched
+        raise CheckpointWriteError(getattr(e, "errno", None) or 0,
+                                   f"cannot write checkpoint {path}: {type(e).__name__}: {e}") from e
     _pause("written", step)
     if path.exists():
         os.replace(path, old)
