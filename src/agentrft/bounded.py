@@ -58,10 +58,15 @@ def depth_of(obj: Any, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def loads_json(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
-    """``json.loads`` that refuses nesting deeper than ``max_depth`` with a BoundsError (a ValueError)."""
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (strict JSON has no NaN or Infinity)")
+
+
+def loads_json(text: str | bytes, *, max_depth: int = MAX_DEPTH, strict: bool = False) -> Any:
+    """``json.loads`` that refuses nesting deeper than ``max_depth`` with a BoundsError (a ValueError);
+    ``strict``: NaN and Infinity, which Python's parser accepts, are a ValueError too."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant) if strict else json.loads(text)
     except RecursionError:
         raise BoundsError(f"nested more than {max_depth} levels deep") from None
     if depth_of(obj, max_depth) > max_depth:

@@ -266,13 +266,20 @@ def load_environment_ref(name: str) -> Any:
     return env
 
 
+def _loc_part(x: Any) -> str:
+    """A field path part as written, or quoted when it is empty or holds spaces or control characters (so each
+    problem stays on one line that starts with the file)."""
+    t = str(x)
+    return t if t and t.isprintable() and not any(c.isspace() for c in t) else json.dumps(t, ensure_ascii=False)
+
+
 def _format_errors(e: ValidationError, source: str) -> str:
     lines = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]
+        loc = ".".join(_loc_part(x) for x in err["loc"]
                        if not str(x).startswith(("function-", "str", "HttpToolConfig"))
                        and str(x) not in ("python", "http", "mcp", "custom"))
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
         lines.append(f"{source}: {msg}" if not loc and msg.startswith("environment: ") else
                      f"{source}: {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
@@ -319,7 +326,10 @@ def read_yaml(path: str | Path, error: type[Exception] = None) -> Any:  # type: 
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise error(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        if mark is None and isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+            where = f"{path}:{text.count(chr(10), 0, e.position) + 1}"
+            raise error(f"{where}: not valid YAML: character {e.character!r} is not allowed") from None
+        raise error(f"{where}: not valid YAML: {' '.join(str(getattr(e, 'problem', None) or e).split())}") from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

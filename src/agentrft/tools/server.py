@@ -106,7 +106,8 @@ class TraceStore:
 
 
 def _output(call_id: Any, text: str) -> dict[str, Any]:
-    return {"type": "function_call_output", "call_id": call_id, "output": text}
+    # only a string call_id is echoed: anything else the client sent may not even be encodable as JSON
+    return {"type": "function_call_output", "call_id": call_id if isinstance(call_id, str) else None, "output": text}
 
 
 def make_tool_server(
@@ -275,7 +276,7 @@ def make_tool_server(
             if len(body) > MAX_REQUEST_BYTES:
                 return refuse(413, f"request over {MAX_REQUEST_BYTES} bytes")
         try:
-            return loads_json(bytes(body), max_depth=MAX_JSON_DEPTH), None
+            return loads_json(bytes(body), max_depth=MAX_JSON_DEPTH, strict=True), None
         except BoundsError as e:
             return refuse(400, f"body is {e}")
         except ValueError as e:
