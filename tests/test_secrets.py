@@ -81,7 +81,7 @@ def test_a_literal_tool_header_never_reaches_the_store_or_the_run_directory(tiny
         hyperparameters={"max_steps": 1, "batch_size": 2, "group_size": 2, "max_new_tokens": 8, "max_turns": 2})
     run_id = train(cfg, progress=False)
     dumped = json.loads((tmp_path / "runs" / run_id / "config.json").read_text())
-    http = next(t for t in dumped["tools"] if isinstance(t, dict))
+    http = next(t for t in dumped["tools"] if isinstance(t, dict) and "server_url" in t)
     assert http["headers"] == {"Authorization": "<redacted>", "X-Env": "Bearer ${ORDERS_TOKEN}"}
     for f in (tmp_path / "runs").rglob("*"):
         if f.is_file() and f.suffix in (".json", ".db", ".txt", "") or f.name.endswith(("-wal",)):

@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from agentrft import bounded
+import agentrft.bounded as bounded
 
 
 class ConfigError(ValueError):
