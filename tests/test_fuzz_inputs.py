@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 FAST = settings(max_examples=60, deadline=None, derandomize=True,
@@ -165,6 +165,10 @@ bodies = st.one_of(
 
 @FAST
 @given(text=st.one_of(yaml_texts, st.binary(max_size=200)))
+# what earlier runs found (each was a message split over lines, or not starting with the file)
+@example(text="\x0c")
+@example(text='model: m\ntraining_file: t\ngrader: {type: string_check}\nholdout_graders: {"\\r": null}\n')
+@example(text='model: m\ntraining_file: t\ngrader: {type: string_check}\nmonitors: {" \\x85": null}\n')
 def test_fuzz_config_yaml(tmp_dir, text):
     check_config_text(tmp_dir, text)
 
@@ -191,6 +195,7 @@ def test_fuzz_grader_file_through_the_cli(tmp_dir, runner, text):
 
 @FAST
 @given(body=bodies, path=st.sampled_from(["/", "/tools/lookup", "/tools/nope"]))
+@example(body=b'{"":"","call_id":Infinity,"":null}', path="/")  # once a 500: the error echoed an unencodable id
 def test_fuzz_tool_server_bodies(client, body, path):
     check_body(client, body, path)
 

@@ -270,7 +270,7 @@ def _loc_part(x: Any) -> str:
     """A field path part as written, or quoted when it is empty or holds spaces or control characters (so each
     problem stays on one line that starts with the file)."""
     t = str(x)
-    return t if t and t.isprintable() and not any(c.isspace() for c in t) else json.dumps(t, ensure_ascii=False)
+    return t if t and t.isprintable() and not any(c.isspace() for c in t) else json.dumps(t)
 
 
 def _format_errors(e: ValidationError, source: str) -> str:
