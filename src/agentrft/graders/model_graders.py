@@ -24,8 +24,10 @@ Scoring:
 
 Judges: a judge registered under the spec's ``model`` name (:func:`register_judge` — any object with
 ``chat(messages, sampling_params) -> str``; the lead wires the project's local sampler here) is used first.
-Otherwise an OpenAI-compatible chat endpoint: base URL ``AGENTRFT_JUDGE_BASE_URL`` (else ``OPENAI_BASE_URL``,
-else ``https://api.openai.com/v1``), key ``AGENTRFT_JUDGE_API_KEY`` (else ``OPENAI_API_KEY``), timeout
+Otherwise an OpenAI-compatible chat endpoint: base URL ``AGENTRFT_JUDGE_BASE_URL`` (else ``OPENAI_BASE_URL``);
+there is no default endpoint — with neither set and no judge registered the grader refuses to build
+(:class:`GraderSpecError` naming ``grader.model`` and the variable), so no data is ever sent anywhere the user did
+not configure. Key ``AGENTRFT_JUDGE_API_KEY`` (else ``OPENAI_API_KEY``), timeout
 ``AGENTRFT_JUDGE_TIMEOUT_S`` (default 120 s).
 """
 
@@ -72,6 +74,20 @@ class JudgeReply:
     retries: int = 0
 
 
+def judge_base_url() -> str | None:
+    """The configured judge endpoint, or ``None``: never a public default."""
+    return os.environ.get("AGENTRFT_JUDGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or None
+
+
+def judge_configured(model: str) -> bool:
+    return bool(_JUDGES.get(model) or _JUDGES.get("*") or judge_base_url())
+
+
+NO_JUDGE = ("no judge endpoint is configured — set AGENTRFT_JUDGE_BASE_URL (or OPENAI_BASE_URL) to an "
+            "OpenAI-compatible endpoint you chose, or register a local judge (agentrft.graders.register_judge); "
+            "agentrft never sends grader inputs to a default public endpoint")
+
+
 class HTTPJudge:
     """An OpenAI-compatible ``/chat/completions`` client (httpx), retrying 429/5xx/connection errors."""
 
@@ -79,8 +95,7 @@ class HTTPJudge:
     BACKOFF = (0.5, 1.0, 2.0)
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout_s: float | None = None):
-        self.base_url = (base_url or os.environ.get("AGENTRFT_JUDGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-                         or "https://api.openai.com/v1").rstrip("/")
+        self.base_url = (base_url or judge_base_url() or "").rstrip("/")
         self.api_key = api_key if api_key is not None else (
             os.environ.get("AGENTRFT_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "")
         self.timeout_s = timeout_s or float(os.environ.get("AGENTRFT_JUDGE_TIMEOUT_S", "120"))
@@ -110,6 +125,9 @@ class HTTPJudge:
         if response_format and not self._no_response_format:
             body["response_format"] = response_format
         reply = JudgeReply()
+        if not self.base_url:  # defence in depth: a grader built before the variable was unset
+            reply.error = NO_JUDGE
+            return reply
         last = ""
         for attempt in range(self.RETRIES + 1):
             if attempt:
@@ -278,6 +296,10 @@ class _ModelGraderBase(Grader):
         self.sampling = validate_sampling(self.spec)
         check_pass_threshold(self.spec)
 
+    def check_judge(self) -> None:
+        if not judge_configured(self.spec["model"]):
+            raise GraderSpecError(f"grader.model {self.spec['model']!r}: {NO_JUDGE}")
+
     def ask(self, sample: dict[str, Any], item: dict[str, Any], instruction: str,
             response_format: dict[str, Any]) -> tuple[dict[str, Any] | None, Grade | None, dict[str, Any]]:
         """Render, call the judge; returns (parsed JSON, error grade, metadata)."""
@@ -318,6 +340,7 @@ class ScoreModelGrader(_ModelGraderBase):
         if len(rng) != 2 or any(as_score(x) is None for x in rng) or float(rng[0]) > float(rng[1]):
             raise GraderSpecError(f"grader.range: expected [low, high] with low <= high, got {rng!r}")
         self.lo, self.hi = float(rng[0]), float(rng[1])
+        self.check_judge()
 
     def _grade(self, sample: dict[str, Any], item: dict[str, Any], *, trace_id: str | None) -> Grade:
         instruction = (
@@ -361,6 +384,7 @@ class LabelModelGrader(_ModelGraderBase):
         if not passing or any(x not in labels for x in passing):
             bad = [x for x in passing if x not in labels]
             raise GraderSpecError(f"grader.passing_labels: must be a non-empty subset of labels (not in labels: {bad})")
+        self.check_judge()
         self.labels, self.passing = list(labels), set(passing)
 
     def _grade(self, sample: dict[str, Any], item: dict[str, Any], *, trace_id: str | None) -> Grade:
