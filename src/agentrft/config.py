@@ -43,11 +43,12 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: `.inf`/`.nan` in YAML (or Infinity/NaN in JSON) are rejected naming the field
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LoraConfig(_Strict):
-    r: int = Field(16, ge=1)
+    r: int = Field(16, ge=1, le=65_536)
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | str = "all-linear"
@@ -55,20 +56,20 @@ class LoraConfig(_Strict):
 
 class Hyperparameters(_Strict):
     n_epochs: int = Field(1, ge=1, le=50)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides n_epochs)")
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="stop after this many steps (overrides n_epochs)")
     batch_size: int = Field(4, ge=1, le=256, description="tasks (dataset rows) per step")
-    group_size: int = Field(4, ge=2, description="rollouts per task (G)")
+    group_size: int = Field(4, ge=2, le=1024, description="rollouts per task (G)")
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(8, ge=1, description="trajectories per forward/backward pass")
-    mini_batches: int = Field(1, ge=1, description="optimizer steps per RL step (>1 makes clipping matter)")
-    eval_interval: int = Field(5, ge=1)
-    eval_samples: int = Field(1, ge=1)
-    max_episode_steps: int = Field(8, ge=1, description="tool-call budget per rollout")
-    max_turns: int = Field(8, ge=1, description="assistant turns per rollout")
-    max_new_tokens: int = Field(128, ge=1, description="tokens per assistant turn")
-    max_context_tokens: int = Field(2048, ge=16)
+    micro_batch_size: int = Field(8, ge=1, le=65_536, description="trajectories per forward/backward pass")
+    mini_batches: int = Field(1, ge=1, le=1024, description="optimizer steps per RL step (>1 makes clipping matter)")
+    eval_interval: int = Field(5, ge=1, le=10_000_000)
+    eval_samples: int = Field(1, ge=1, le=1024)
+    max_episode_steps: int = Field(8, ge=1, le=100_000, description="tool-call budget per rollout")
+    max_turns: int = Field(8, ge=1, le=100_000, description="assistant turns per rollout")
+    max_new_tokens: int = Field(128, ge=1, le=10_000_000, description="tokens per assistant turn")
+    max_context_tokens: int = Field(2048, ge=16, le=10_000_000)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     eval_temperature: float | None = Field(None, gt=0, description="defaults to temperature")
@@ -81,13 +82,16 @@ class Hyperparameters(_Strict):
     kl_coef: float = Field(0.0, ge=0)
     turn_credit_coef: float = Field(0.0, ge=0, description="weight of per-turn process-grader advantages")
     lora: LoraConfig | None = Field(default_factory=LoraConfig, description="null for full fine-tuning")
-    seed: int = 0
-    keep_checkpoints: int = Field(3, ge=1)
-    save_interval_s: float = Field(60.0, ge=0, description="seconds between resume checkpoints (`latest`); also "
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    keep_checkpoints: int = Field(3, ge=1, le=10_000)
+    save_interval_s: float = Field(60.0, ge=0, le=10_000_000, description="seconds between resume checkpoints (`latest`); also "
                                    "saved after each eval, at the end and on pause; 0 = every step")
-    tool_timeout_s: float = Field(30.0, gt=0)
-    tool_workers: int = Field(16, ge=1)
-    max_batch_trajectories: int = Field(64, ge=1, description="trajectories decoded together")
+    tool_timeout_s: float = Field(30.0, gt=0, le=86_400)
+    tool_workers: int = Field(16, ge=1, le=4096)
+    max_batch_trajectories: int = Field(64, ge=1, le=65_536, description="trajectories decoded together")
+    max_signal_free_steps: int = Field(3, ge=0, le=1_000_000, description="stop the run as failed after this many "
+                                       "consecutive train steps with no trainable signal (every group zero-variance "
+                                       "or every rollout dropped); 0 = never")
     compile_learner: bool = Field(False, description="torch.compile the training forward: 20-70 s of compiling "
                                   "at the start, then faster updates for small models (needs a C++ compiler)")
 

@@ -214,11 +214,11 @@ def _load(path: Path, known_tools, max_rows, allow_demos, cap) -> tuple[list[Row
             continue
         total += 1
         try:
-            obj = loads_json(text)
+            obj = loads_json(text, strict=True)
         except json.JSONDecodeError as e:
             problems.append(f"{where}: not valid JSON: {e.msg} (column {e.colno})")
             continue
-        except BoundsError as e:  # pathologically nested
+        except ValueError as e:  # pathologically nested (BoundsError), or NaN/Infinity (Python's json accepts them)
             problems.append(f"{where}: {e}")
             continue
         row_problems: list[str] = []
