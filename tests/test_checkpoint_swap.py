@@ -154,7 +154,8 @@ def _config(tmp: Path, model: Path, files: dict[str, Path], steps: int) -> Path:
         "output_dir": str(tmp / "runs"),
         "hyperparameters": {"max_steps": steps, "batch_size": 2, "group_size": 2, "eval_interval": 10,
                             "eval_samples": 1, "max_new_tokens": 8, "max_turns": 2, "learning_rate": 1e-3, "seed": 3,
-                            "keep_checkpoints": 1, "save_interval_s": 0.0},
+                            "keep_checkpoints": 1, "save_interval_s": 0.0,
+                            "max_signal_free_steps": 0},  # an untrained model: no reward signal, by design
     }
     p = tmp / "config.yaml"
     p.write_text(yaml.safe_dump(cfg))

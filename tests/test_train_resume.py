@@ -35,6 +35,7 @@ def _config(tmp: Path, model: Path, files: dict[str, Path], steps: int, save_int
             "max_steps": steps, "batch_size": 2, "group_size": 2, "eval_interval": 3, "eval_samples": 1,
             "max_new_tokens": 12, "max_turns": 2, "learning_rate": 1e-3, "seed": 3, "keep_checkpoints": 2,
             "save_interval_s": save_interval_s,  # 0: `latest` after every step, so the kill lands between saves
+            "max_signal_free_steps": 0,  # an untrained model earns no reward: keep running anyway (resume is tested)
         },
     }
     p = tmp / "config.yaml"

@@ -27,6 +27,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from agentrft.rl.advantages import (
 from agentrft.redact import redact_config
 from agentrft.rl.loss import build_loss
 from agentrft.rl.run_lifecycle import Heartbeat, abort_start, set_status_quietly
+from agentrft.rl.signal import SignalWatch, budget_message, prompts_over_budget
 from agentrft.rollout.agent import RolloutTask
 from agentrft.rollout.stack import ModelLoadError, RolloutStack, load_policy
 from agentrft.store import RunStore
@@ -132,6 +134,7 @@ class Trainer:
         self.paused = False
         steps_per_epoch = math.ceil(len(self.train_rows) / hp.batch_size)
         self.total_steps = hp.max_steps or hp.n_epochs * steps_per_epoch
+        self._signal = SignalWatch(hp.max_signal_free_steps, TrainingError)  # stops a run that cannot learn
 
     def _open_run(self) -> str:
         """The run record (new, or the one being resumed) and its directory; returns the model to load (the
@@ -179,8 +182,34 @@ class Trainer:
             raise TrainingError(f"hyperparameters: {e}") from None
         self.stack.attach(policy, model=self.learner.model)  # samples from the learner's (LoRA-wrapped) model
         self.sampler, self.loop = self.stack.sampler, self.stack.loop
+        self._check_prompt_budget()
         self.train_params, self.eval_params = self.stack.train_params, self.stack.eval_params
         self.best: list[tuple[float, int, str]] = []  # (val reward, step, checkpoint dir)
+
+    def _check_prompt_budget(self) -> None:
+        """Rows whose prompt alone fills the context: warned about with their count before training; a run where
+        every training row is over stops here (each rollout would end at context_limit with reward 0)."""
+        schemas = self.router.schemas() or None
+
+        def prompt_len(r: Row) -> int:
+            return len(self.renderer.prompt_ids(r.messages, r.tools if r.tools else schemas))
+
+        limit = self.hp.max_context_tokens
+        for rows, name in ((self.train_rows, self.cfg.training_file), (self.valid_rows, self.cfg.validation_file)):
+            over = prompts_over_budget(rows, prompt_len, limit) if rows else []
+            if not over:
+                continue
+            msg = budget_message(str(self.cfg.path(name)), over, len(rows), limit)
+            if rows is self.train_rows and len(over) == len(rows):
+                raise TrainingError(msg)
+            self._warn(f"warning: {msg}")
+
+    def _warn(self, msg: str) -> None:
+        """A loud line: on the console, else as a Python warning (library use without a console)."""
+        if self.console is not None:
+            self.console.print(f"[bold yellow]{msg}[/]", markup=True, highlight=False)
+        else:
+            warnings.warn(msg, stacklevel=2)
 
     def _restore(self) -> None:
         """Optimizer, RNG, data cursor and best checkpoints from ``latest``; the store's records written after it
@@ -338,6 +367,9 @@ class Trainer:
         m["time/full_iteration"] = time.perf_counter() - t_iter
         self._flush_writes()  # the previous step's record: records land in step order, one in flight
         self._write = self._writer.submit(self.store.record_step, self.run_id, step, "train", m, trajs)
+        line = self._signal.observe(step, trajs)  # raises TrainingError after max_signal_free_steps in a row
+        if line:
+            self._warn(line)
         return m
 
     def _eval(self, step: int, prog: Any) -> dict[str, Any]:
