@@ -124,6 +124,29 @@ def train(
     console.print(f"run [bold]{run_id}[/] finished — `agentrft show {run_id} --config {config}` for its metrics")
 
 
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="run config (YAML)"),
+    timeout: float = typer.Option(3.0, "--timeout", help="seconds for each reachability probe"),
+) -> None:
+    """Check a config without loading a model: datasets, graders, tools (and HTTP reachability), endpoint graders,
+    the model path. Prints every problem at once; exit 2 if any."""
+    from rich.markup import escape
+
+    from agentrft.evals.validate import validate as run_validate
+
+    with user_errors():
+        v = run_validate(config, probe_timeout_s=timeout)
+    for w in v.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+    if v.problems:
+        err.print(f"[bold red]{len(v.problems)} problem{'s' if len(v.problems) != 1 else ''}[/] in {escape(str(config))}:")
+        for p in v.problems:
+            err.print(f"  {escape(p)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"{escape(str(config))}: ok — " + "; ".join(escape(x) for x in v.summary), highlight=False, soft_wrap=True)
+
+
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Option(..., "--model", help="HF id, model directory or agentrft checkpoint directory"),
