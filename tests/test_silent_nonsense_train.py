@@ -136,3 +136,32 @@ def test_signal_watch_counts_consecutive_steps_and_resets():
     assert "rewards all 0" in step_summary(flat) and "tool errors 0/2 calls (0%)" in step_summary(flat)
     s = step_summary([_traj(None, dropped=True, ok=False), _traj(0.0)])
     assert "1/2 rollouts dropped" in s and "tool errors 1/2 calls (50%)" in s and "first drop reason" in s
+
+
+def test_cli_train_without_signal_exits_2_and_says_why(tmp_path, tiny_model):
+    """An untrained model earns reward 0 everywhere: `agentrft train` stops after max_signal_free_steps, exit 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    files = lt.write_task(tmp_path / "data", n_train=4, n_valid=1, n_demos=1)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": str(tiny_model), "training_file": str(files["train"]), "tools": ["lookup_task:lookup"],
+        "grader": lt.GRADER, "output_dir": str(tmp_path / "runs"),
+        "hyperparameters": {"max_steps": 5, "batch_size": 2, "group_size": 2, "max_new_tokens": 8, "max_turns": 2,
+                            "max_signal_free_steps": 2}}))
+    tests = str(Path(__file__).parent)
+    r = subprocess.run([sys.executable, "-m", "agentrft.cli", "train", str(cfg), "--no-progress"], capture_output=True,
+                       text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "[signal] step 1: no trainable signal (1/2" in said
+    assert "error: no trainable signal for 2 consecutive steps" in said and "rewards all 0" in said
+    assert "Traceback" not in r.stderr
+    (run,) = RunStore("sqlite:///" + str(tmp_path / "runs" / "agentrft.db"), mode="read").list_runs()
+    assert run["status"] == "failed"

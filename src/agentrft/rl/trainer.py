@@ -207,7 +207,9 @@ class Trainer:
     def _warn(self, msg: str) -> None:
         """A loud line: on the console, else as a Python warning (library use without a console)."""
         if self.console is not None:
-            self.console.print(f"[bold yellow]{msg}[/]", markup=True, highlight=False)
+            from rich.markup import escape
+
+            self.console.print(f"[bold yellow]{escape(msg)}[/]", markup=True, highlight=False)
         else:
             warnings.warn(msg, stacklevel=2)
 
