@@ -120,3 +120,22 @@ def test_a_config_that_does_not_parse_names_the_fields(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "hyperparameters.temperature: Input should be a finite number" in out
     assert "hyperparameters.max_steps: Input should be less than or equal to" in out
+
+
+def test_prompts_over_the_context_with_the_tokenizer_only(tmp_path, tiny_model):
+    files = lt.write_task(tmp_path / "data", n_train=6, n_valid=2, n_demos=1)
+    rows = [json.loads(x) for x in open(files["train"])]
+    for i in (1, 4):
+        rows[i]["messages"][-1]["content"] += " pad" * 600
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {"model": str(tiny_model), "training_file": "long.jsonl", "grader": lt.GRADER,
+            "tools": ["lookup_task:lookup"], "hyperparameters": {"max_context_tokens": 512}}
+    r = cli("validate", str(write(tmp_path, base)))
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 of 6 rows have a prompt of at least hyperparameters.max_context_tokens (512) tokens (line 2:" in said
+
+    all_long = [dict(r, messages=[{"role": "user", "content": "x" + " pad" * 600}]) for r in rows]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_long))
+    r = cli("validate", str(write(tmp_path, base)))
+    assert r.returncode == 2 and "6 of 6 rows have a prompt" in " ".join(r.stderr.split()), r.stderr

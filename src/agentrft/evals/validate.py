@@ -4,7 +4,7 @@ Datasets (every line, ``file:line``), the reward and holdout graders (built, whi
 model grader has a judge configured), the tool entries (the router is built; every HTTP tool's host gets a TCP
 reachability probe with a short timeout — nothing is sent), endpoint graders' reachability (the same probe), and the
 model reference (a local directory must hold ``config.json`` or ``adapter_config.json``; anything else must look like
-a Hugging Face id). Every problem is collected, none stops the others (a config that does not parse stops the rest:
+a Hugging Face id) — and, with a local directory's tokenizer only, the rows whose prompt fills ``max_context_tokens``. Every problem is collected, none stops the others (a config that does not parse stops the rest:
 there is nothing to check it against).
 """
 
@@ -67,7 +67,8 @@ def endpoint_graders(spec: Any, where: str) -> Iterator[tuple[str, str]]:
             yield from endpoint_graders(v, f"{where}[{i}]")
 
 
-def check_model(cfg: RunConfig, v: Validation) -> None:
+def check_model(cfg: RunConfig, v: Validation) -> bool:
+    """True when the model is a usable local directory."""
     ref = cfg.model
     local = cfg.path(ref)
     looks_local = ref.startswith((".", "/", "~")) or (local is not None and local.exists())
@@ -82,10 +83,12 @@ def check_model(cfg: RunConfig, v: Validation) -> None:
         else:
             kind = "LoRA adapter" if (local / "adapter_config.json").exists() else "model directory"
             v.summary.append(f"model: {local} ({kind})")
+            return True
     elif HF_ID.match(ref):
         v.summary.append(f"model: {ref} (a Hugging Face id; not downloaded here)")
     else:
         v.problems.append(f"model: {ref!r}: neither a model directory nor a Hugging Face id (owner/name)")
+    return False
 
 
 def validate(config: str | Path, *, probe_timeout_s: float = 3.0) -> Validation:
@@ -97,10 +100,11 @@ def validate(config: str | Path, *, probe_timeout_s: float = 3.0) -> Validation:
         return v
     hp = cfg.hyperparameters
 
-    router = None
+    router, schemas = None, None
     try:
         router = build_router(cfg.tools, timeout_s=hp.tool_timeout_s, max_workers=1, approval=cfg.approval.policy)
         v.summary.append(f"tools: {', '.join(sorted(router.names)) or '(none)'}")
+        schemas = router.schemas() or None
     except (ValueError, ImportError) as e:
         v.problems.append(str(e) if str(e).startswith("tools") else f"tools: {e}")
     finally:
@@ -128,6 +132,7 @@ def validate(config: str | Path, *, probe_timeout_s: float = 3.0) -> Validation:
                 v.problems.append(f"{path}.url {url}: unreachable: {why}")
 
     known = router.names if router is not None and router.names else None
+    loaded = {}
     for key in ("training_file", "validation_file"):
         name = getattr(cfg, key)
         if name is None:
@@ -137,9 +142,44 @@ def validate(config: str | Path, *, probe_timeout_s: float = 3.0) -> Validation:
             ds = load_dataset(path, known_tools=known)
             v.warnings += list(getattr(ds, "warnings", []) or [])
             v.summary.append(f"{key}: {path} ({len(ds)} rows)")
+            loaded[key] = (path, ds)
         except DatasetError as e:
             v.problems += list(e.problems)
             v.warnings += list(e.warnings or [])
 
-    check_model(cfg, v)
+    if check_model(cfg, v):
+        check_prompt_lengths(cfg, v, loaded, schemas)
     return v
+
+
+def check_prompt_lengths(cfg: RunConfig, v: Validation, loaded: dict, schemas: list | None) -> None:
+    """With a local model directory's tokenizer (the model itself is not loaded): rows whose prompt alone fills
+    ``max_context_tokens`` — a warning with the count, a problem when every training row is over."""
+    from agentrft.rollout.render import ChatRenderer
+
+    local = cfg.path(cfg.model)
+    if local is None or not (local / "tokenizer_config.json").exists():
+        return
+    try:
+        from transformers import AutoTokenizer
+
+        renderer = ChatRenderer(AutoTokenizer.from_pretrained(str(local), local_files_only=True))
+    except Exception as e:  # noqa: BLE001 — a tokenizer that does not load is reported, not raised
+        v.problems.append(f"model: {cfg.model!r}: its tokenizer does not load: {str(e).splitlines()[0][:300]}")
+        return
+    limit = cfg.hyperparameters.max_context_tokens
+    for key, (path, rows) in loaded.items():
+        over = []
+        for r in rows:
+            try:
+                n = len(renderer.prompt_ids(r.messages, r.tools if r.tools else schemas))
+            except Exception as e:  # noqa: BLE001 — a row the chat template cannot render
+                v.problems.append(f"{path}:{r.line}: the model's chat template cannot render it: {e}")
+                continue
+            if n >= limit:
+                over.append((r.line, n))
+        if over:
+            msg = (f"{path}: {len(over)} of {len(rows)} rows have a prompt of at least "
+                   f"hyperparameters.max_context_tokens ({limit}) tokens (line {over[0][0]}: {over[0][1]} tokens); "
+                   "their rollouts would end at context_limit with reward 0")
+            (v.problems if key == "training_file" and len(over) == len(rows) else v.warnings).append(msg)
