@@ -72,3 +72,14 @@ def test_nan_infinity_in_rows_are_rejected_with_file_line(tmp_path_factory, cons
     with pytest.raises(DatasetError) as e:
         load_dataset(p)
     assert e.value.problems == [f"{p}:2: {const} is not JSON (strict JSON has no NaN or Infinity)"]
+
+
+@pytest.mark.parametrize("hp", ["learning_rate: .inf", "until_loss: .nan", "lora: {alpha: .inf}"])
+def test_sft_config_rejects_non_finite_values(tmp_path, hp):
+    from agentrft.rl.sft import load_sft_config
+
+    p = tmp_path / "sft.yaml"
+    p.write_text(f"model: m\ndemos_file: d.jsonl\noutput_dir: out\nhyperparameters: {{{hp}}}\n")
+    field = hp.split(":")[0] + (".alpha" if hp.startswith("lora") else "")
+    with pytest.raises(ConfigError, match=rf"sft\.yaml: hyperparameters\.{field}: Input should be a finite number"):
+        load_sft_config(p)

@@ -25,7 +25,7 @@ from agentrft.rollout.stack import load_policy
 
 
 class SFTHyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf/.nan are errors naming the field
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
     micro_batch_size: int = Field(16, ge=1)
@@ -39,7 +39,7 @@ class SFTHyperparameters(BaseModel):
 class SFTConfig(BaseModel):
     """``agentrft sft --config sft.yaml``: ``model``, ``demos_file``, ``output_dir`` (paths relative to the file)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf/.nan are errors naming the field
     model: str
     demos_file: str
     output_dir: str
