@@ -35,3 +35,37 @@ def test_sft_command_reads_until_loss_from_its_config(tiny_model, lookup_files, 
     cfg.write_text(cfg.read_text().replace("until_loss: 1000000000.0", "until_loss: -1"))
     r = CliRunner().invoke(app, ["sft", "--config", str(cfg)])
     assert r.exit_code == 2 and "hyperparameters.until_loss" in r.output
+
+
+def test_sample_check_flags_a_model_that_never_stops_and_passes_a_warmed_one(tiny_model, lookup_files, tmp_path):
+    """The end-of-SFT check samples first turns: an untrained model runs on without an end-of-turn token and calls
+    nothing (warned); a model warmed up on the demos ends its turns and calls the lookup tool (no warning)."""
+    from agentrft.data import load_dataset
+    from agentrft.rl.sft import run_sft, sample_check
+    from agentrft.rollout.stack import load_policy
+
+    rows = list(load_dataset(lookup_files["valid"]))
+    raw = load_policy(tiny_model)
+    bad = sample_check(raw.model, raw.renderer, rows, n=6, max_new_tokens=24)
+    assert bad["prompts"] == 6 and bad["stopped"] < 0.5
+    assert any("never ended" in w for w in bad["warnings"])
+    res = run_sft(str(tiny_model), lookup_files["demos"], tmp_path / "w", epochs=6, batch_size=16,
+                  learning_rate=3e-3, check_rows=rows[:6])
+    assert res.check is not None and res.check["stopped"] >= 0.5 and res.check["called_a_tool"] > 0
+    assert res.check["warnings"] == [], res.check
+
+
+def test_sft_command_prints_the_sample_check_and_its_warnings(tiny_model, lookup_files, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from agentrft.cli import app
+
+    cfg = tmp_path / "sft.yaml"  # one step at a tiny rate: the model is still untrained, the check must say so
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_model), "demos_file": str(lookup_files["demos"]),
+                                   "output_dir": "warm", "check_file": str(lookup_files["valid"]),
+                                   "hyperparameters": {"n_epochs": 1, "batch_size": 512, "learning_rate": 1e-9}}))
+    r = CliRunner().invoke(app, ["sft", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "sample check on 8 prompts: ended" in out and "warning:" in out and "never ended" in out

@@ -174,6 +174,7 @@ def sft(
 ) -> None:
     """Supervised warm-start on demonstration trajectories (same renderer and loss mask as RL)."""
     _quiet_libraries()
+    from agentrft.data import load_dataset
     from agentrft.progress import sft_progress
     from agentrft.rl.sft import load_sft_config, run_sft
 
@@ -186,12 +187,21 @@ def sft(
         hp = cfg.hyperparameters
         model = resolve(base, cfg.model) if (base / cfg.model).exists() else cfg.model
         with sft_progress("sft", console=err) as on_step:
-            res = run_sft(model, resolve(base, cfg.demos_file), resolve(base, cfg.output_dir), epochs=hp.epochs,
+            res = run_sft(model, resolve(base, cfg.demos_file), resolve(base, cfg.output_dir), epochs=hp.n_epochs,
                           batch_size=hp.batch_size, learning_rate=hp.learning_rate, lora=hp.lora,
                           micro_batch_size=hp.micro_batch_size, seed=hp.seed, max_tokens=hp.max_tokens,
-                          until_loss=hp.until_loss, on_step=on_step)
+                          until_loss=hp.until_loss, on_step=on_step,
+                          check_rows=list(load_dataset(resolve(base, cfg.check_file) if cfg.check_file else
+                                                       resolve(base, cfg.demos_file), allow_demos=True))[:8])
     console.print(f"SFT: {res.steps} steps on {res.examples} demos ({res.tokens} supervised tokens), loss "
                   f"{res.first_loss:.3f} → {res.last_loss:.3f} in {res.wall_s:.0f}s; model written to {res.out_dir}")
+    c = res.check
+    if c:
+        console.print(f"sample check on {c['prompts']} prompts: ended {c['stopped']:.0%}, called a tool "
+                      f"{c['called_a_tool']:.0%}, answered {c['answered']:.0%}, unparsable calls {c['parse_errors']:.0%}")
+        for w in c["warnings"]:
+            err.print(f"[bold yellow]warning:[/] {w} — RL from this model may have nothing to learn from",
+                      highlight=False)
 
 
 def _store(config: Optional[Path], store: Optional[str]):
@@ -214,6 +224,7 @@ def _store(config: Optional[Path], store: Optional[str]):
 def runs(
     config: Optional[Path] = typer.Option(None, "--config", help="config whose store to read"),
     store: Optional[str] = typer.Option(None, "--store", help="store URL"),
+    as_json: bool = typer.Option(False, "--json", help="print the runs as JSON (one object per run)"),
 ) -> None:
     """List runs in the store (a `running` run whose process stopped sending heartbeats shows as interrupted)."""
     from agentrft.store.run_store import display_status
@@ -221,9 +232,12 @@ def runs(
     with user_errors():
         st = _store(config, store)
         rows = st.list_runs()
+    if as_json:
+        typer.echo(json.dumps([{**r, "status": display_status(r)} for r in rows], indent=2, default=str))
+        return
     t = Table(title="runs")
     for c in ("id", "name", "status", "model", "latest step", "best valid reward", "created"):
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # ids and paths wrap onto the next line instead of being cut
     for r in rows:
         best = r.get("best_valid_reward")
         t.add_row(r["id"], r.get("name") or "", display_status(r), str(r.get("base_model") or ""),
@@ -262,9 +276,9 @@ def show(
         return
     t = Table(title=f"{info['id']} ({display_status(info)})")
     t.add_column("step")
-    t.add_column("split")
+    t.add_column("split", overflow="fold")
     for _, label in SHOW_COLUMNS:
-        t.add_column(label, justify="right")
+        t.add_column(label, justify="right", overflow="fold")  # a narrow terminal wraps figures, never cuts them
     for r in rows:
         t.add_row(str(r["step"]), r["split"], *[_fmt(r.get(k)) for k, _ in SHOW_COLUMNS])
     console.print(t)
@@ -285,6 +299,28 @@ def _print_metrics(m: dict[str, Any], title: str) -> None:
     for k, v in m.items():
         t.add_row(k, _fmt(v))
     console.print(t)
+
+
+config_app = typer.Typer(help="The config reference and defaults, generated from the schemas.", no_args_is_help=True)
+
+
+@config_app.command("show-defaults")
+def config_show_defaults(sft: bool = typer.Option(False, "--sft", help="an SFT config instead of a run config")) -> None:
+    """Print a config with every default filled in (required keys as <placeholders>)."""
+    from agentrft.config_reference import defaults_yaml
+
+    typer.echo(defaults_yaml("sft" if sft else "train"), nl=False)
+
+
+@config_app.command("reference")
+def config_reference_cmd() -> None:
+    """Print the config reference (markdown; docs/config.md is this output)."""
+    from agentrft.config_reference import reference_markdown
+
+    typer.echo(reference_markdown())
+
+
+app.add_typer(config_app, name="config")
 
 
 _mount("grade", "agentrft.graders.cli", "Validate and run graders (OpenAI graders/validate and graders/run).")

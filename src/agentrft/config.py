@@ -48,46 +48,46 @@ class _Strict(BaseModel):
 
 
 class LoraConfig(_Strict):
-    r: int = Field(16, ge=1, le=65_536)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
+    r: int = Field(16, ge=1, le=65_536, description="LoRA rank")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | str = Field("all-linear", description="modules that get adapters (peft syntax)")
 
 
 class Hyperparameters(_Strict):
-    n_epochs: int = Field(1, ge=1, le=50)
+    n_epochs: int = Field(1, ge=1, le=50, description="passes over the training rows (unless max_steps)")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="stop after this many steps (overrides n_epochs)")
     batch_size: int = Field(4, ge=1, le=256, description="tasks (dataset rows) per step")
     group_size: int = Field(4, ge=2, le=1024, description="rollouts per task (G)")
-    learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip per optimizer step")
     micro_batch_size: int = Field(8, ge=1, le=65_536, description="trajectories per forward/backward pass")
     mini_batches: int = Field(1, ge=1, le=1024, description="optimizer steps per RL step (>1 makes clipping matter)")
-    eval_interval: int = Field(5, ge=1, le=10_000_000)
-    eval_samples: int = Field(1, ge=1, le=1024)
+    eval_interval: int = Field(5, ge=1, le=10_000_000, description="validation eval every this many steps (and at step 0 and the end)")
+    eval_samples: int = Field(1, ge=1, le=1024, description="rollouts per validation row")
     max_episode_steps: int = Field(8, ge=1, le=100_000, description="tool-call budget per rollout")
     max_turns: int = Field(8, ge=1, le=100_000, description="assistant turns per rollout")
     max_new_tokens: int = Field(128, ge=1, le=10_000_000, description="tokens per assistant turn")
-    max_context_tokens: int = Field(2048, ge=16, le=10_000_000)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_context_tokens: int = Field(2048, ge=16, le=10_000_000, description="a rollout ends (context_limit) when its ids reach this")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts (the learner uses it too)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     eval_temperature: float | None = Field(None, gt=0, description="defaults to temperature")
     advantage: str = Field("grpo", pattern=r"^(grpo|dr_grpo|rloo|[\w.]+:\w+)$",
                            description="grpo | dr_grpo | rloo | module:function (agentrft.rl.advantages)")
     loss: str = Field("token", pattern=r"^(token|sequence|[\w.]+:\w+)$",
                       description="token | sequence | module:function returning a PolicyLoss (agentrft.rl.loss)")
-    clip_eps_low: float = Field(0.2, ge=0)
-    clip_eps_high: float = Field(0.28, ge=0)
-    kl_coef: float = Field(0.0, ge=0)
+    clip_eps_low: float = Field(0.2, ge=0, description="ratio clip below 1 (1 - eps_low)")
+    clip_eps_high: float = Field(0.28, ge=0, description="ratio clip above 1 (1 + eps_high; DAPO's clip-higher)")
+    kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the reference (LoRA: adapter off)")
     turn_credit_coef: float = Field(0.0, ge=0, description="weight of per-turn process-grader advantages")
     lora: LoraConfig | None = Field(default_factory=LoraConfig, description="null for full fine-tuning")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-    keep_checkpoints: int = Field(3, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds data order, rollouts and init")
+    keep_checkpoints: int = Field(3, ge=1, le=10_000, description="eval checkpoints kept (best by validation reward)")
     save_interval_s: float = Field(60.0, ge=0, le=10_000_000, description="seconds between resume checkpoints (`latest`); also "
                                    "saved after each eval, at the end and on pause; 0 = every step")
-    tool_timeout_s: float = Field(30.0, gt=0, le=86_400)
-    tool_workers: int = Field(16, ge=1, le=4096)
+    tool_timeout_s: float = Field(30.0, gt=0, le=86_400, description="per tool call, unless the tool sets its own")
+    tool_workers: int = Field(16, ge=1, le=4096, description="threads running tool calls")
     max_batch_trajectories: int = Field(64, ge=1, le=65_536, description="trajectories decoded together")
     max_signal_free_steps: int = Field(3, ge=0, le=1_000_000, description="stop the run as failed after this many "
                                        "consecutive train steps with no trainable signal (every group zero-variance "
@@ -182,21 +182,26 @@ class MonitorConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    name: str | None = None
-    model: str
-    training_file: str
-    validation_file: str | None = None
+    name: str | None = Field(None, description="the run's name in the store (default: the training file's stem)")
+    model: str = Field(description="HF id, model directory or agentrft checkpoint directory")
+    training_file: str = Field(description="OpenAI RFT JSONL: messages, optional tools, reference keys")
+    validation_file: str | None = Field(None, description="rows evaluated every eval_interval steps")
     environment: str | None = Field(None, description="a bundled environment or module:function returning one; "
                                     "supplies tools, grader and holdout_graders the config leaves out")
-    tools: list[ToolEntry] = Field(default_factory=list)
-    grader: dict[str, Any]
-    holdout_graders: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tools: list[ToolEntry] = Field(default_factory=list, description="'module:function' / 'module:*' (Python), "
+                                   "{name, server_url, headers} (Agent RFT HTTP: server_url is the exact URL each "
+                                   "call is POSTed to), {mcp: command or URL}, {type: module:factory, ...}")
+    grader: dict[str, Any] = Field(description="OpenAI grader JSON (inline, or a path to a .json file); its score "
+                                   "is the reward")
+    holdout_graders: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> grader JSON, "
+                                                       "recorded beside the reward, never part of it")
     monitors: MonitorConfig = Field(default_factory=MonitorConfig)
-    response_format: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = Field(None, description="OpenAI response_format; graders then see "
+                                                   "sample.output_json")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     store: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<output_dir>/agentrft.db")
-    output_dir: str = "runs"
+    output_dir: str = Field("runs", description="run directories (checkpoints, config.json) and the default store")
     base_dir: str = Field(".", description="set by the loader: the config file's directory")
 
     @model_validator(mode="before")
@@ -277,16 +282,42 @@ def _loc_part(x: Any) -> str:
     return t if t and t.isprintable() and not any(c.isspace() for c in t) else json.dumps(t)
 
 
-def _format_errors(e: ValidationError, source: str) -> str:
+def _format_errors(e: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line per problem, ``source: field.path: message``; an unknown key also gets the nearest known key and
+    the allowed keys at its level (``model`` is the schema that was validated)."""
     lines = []
     for err in e.errors():
         loc = ".".join(_loc_part(x) for x in err["loc"]
                        if not str(x).startswith(("function-", "str", "HttpToolConfig"))
                        and str(x) not in ("python", "http", "mcp", "custom"))
         msg = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+        if err.get("type") == "extra_forbidden" and model is not None:
+            msg += _key_hint(model, [x for x in err["loc"] if isinstance(x, str)])
         lines.append(f"{source}: {msg}" if not loc and msg.startswith("environment: ") else
                      f"{source}: {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
+
+
+def _key_hint(model: type[BaseModel], path: list[str]) -> str:
+    """`` (did you mean 'n_epochs'? allowed: …)`` for an unknown key at ``path`` under ``model``."""
+    import difflib
+    import typing
+
+    cls: Any = model
+    for name in path[:-1]:
+        field = getattr(cls, "model_fields", {}).get(name)
+        if field is None:
+            return ""
+        ann = field.annotation
+        cands = [a for a in (typing.get_args(ann) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not cands:
+            return ""
+        cls = cands[0]
+    allowed = sorted(k for k in getattr(cls, "model_fields", {}) if k != "base_dir")
+    if not allowed:
+        return ""
+    near = difflib.get_close_matches(path[-1], allowed, n=1, cutoff=0.6)
+    return (f" (did you mean {near[0]!r}? " if near else " (") + f"allowed: {', '.join(allowed)})"
 
 
 def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<config>") -> RunConfig:
@@ -308,7 +339,7 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<confi
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(_format_errors(e, source, RunConfig)) from None
 
 
 def read_yaml(path: str | Path, error: type[Exception] = None) -> Any:  # type: ignore[assignment]
