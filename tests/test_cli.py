@@ -84,3 +84,23 @@ def test_eval_runs_show(tiny_model, lookup_files, tmp_path):
     assert rows[0]["split"] == "eval:valid" and rows[0]["trajectories"] == 2 * n_valid
     r = run_cli("show", "run-nope", "--config", str(cfg))
     assert r.returncode == 2 and "no run" in r.stderr
+
+
+def test_eval_model_names_a_run_or_its_checkpoint(tiny_model, lookup_files, tmp_path):
+    """``eval --model RUN`` is the run's best checkpoint, ``RUN:step-N`` one of its kept ones, ``baseline`` the
+    config's model; a checkpoint the run does not have is an error naming the ones it has, never a hub lookup."""
+    from agentrft.config import load_config
+    from agentrft.evals.run_eval import resolve_eval_model
+    from agentrft.rl.trainer import train
+
+    cfg_path = _config(tmp_path, str(tiny_model), lookup_files["train"], lookup_files["valid"], max_steps=2,
+                       batch_size=2, group_size=2, eval_interval=2, eval_samples=1)
+    cfg = load_config(cfg_path)
+    run_id = train(cfg, progress=False)
+    step2 = str(tmp_path / "runs" / run_id / "checkpoints" / "step-000002")
+    assert resolve_eval_model(cfg, run_id) in {step2, str(tmp_path / "runs" / run_id / "checkpoints" / "step-000000")}
+    assert resolve_eval_model(cfg, f"{run_id}:step-2") == step2
+    assert resolve_eval_model(cfg, "baseline") == str(tiny_model)
+    assert resolve_eval_model(cfg, "Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # a HF id, as given
+    r = run_cli("eval", "--model", f"{run_id}:step-99", "--data", str(lookup_files["valid"]), "--config", str(cfg_path))
+    assert r.returncode == 2 and f"has no checkpoint 'step-99' (it has: " in r.stderr and "Traceback" not in r.stderr

@@ -149,7 +149,8 @@ def validate(
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Option(..., "--model", help="HF id, model directory or agentrft checkpoint directory"),
+    model: str = typer.Option(..., "--model", help="HF id, model or checkpoint directory, 'baseline' (the config's "
+                              "model), or a run of the store: RUN (its best checkpoint), RUN:latest, RUN:step-N"),
     data: Path = typer.Option(..., "--data", help="JSONL to evaluate on"),
     config: Path = typer.Option(..., "--config", help="run config (tools, grader, sampling settings)"),
     samples: Optional[int] = typer.Option(None, help="samples per item (default: eval_samples)"),

@@ -37,9 +37,39 @@ class EvalSession:
         self.stack.close()
 
 
+def resolve_eval_model(cfg: RunConfig, model: str) -> str:
+    """What ``eval --model`` names: ``baseline`` (the config's model), a path, a run of the config's store (``RUN``
+    = its best checkpoint, ``RUN:best|latest|step-N``), or else a HF id as given. A run that has no such checkpoint
+    is a ModelLoadError naming what it has."""
+    from agentrft.evals.compare import find_checkpoint
+    from agentrft.rollout.stack import ModelLoadError
+    from agentrft.store import StoreError
+
+    path = cfg.path(model)
+    if model == "baseline":
+        return cfg.model_path
+    if path is not None and path.exists():
+        return model
+    run, _, which = model.partition(":")
+    try:
+        store = RunStore(cfg.store_url, mode="read")
+    except StoreError:
+        return model  # no store yet: not a run reference
+    try:
+        info = store.get_run(run)
+        if info is None:
+            return model
+        try:
+            return find_checkpoint(store, info["id"], which or "best")["path"]
+        except ValueError as e:
+            raise ModelLoadError(f"--model {model!r}: {e}") from None
+    finally:
+        store.close()
+
+
 def run_eval(cfg: RunConfig, *, model: str, data: str | Path, samples: int | None = None, console: Any = None,
              progress: bool = True) -> tuple[str, dict[str, Any]]:
-    session = EvalSession(cfg, model)
+    session = EvalSession(cfg, resolve_eval_model(cfg, model))
     try:
         rows = load_dataset(data, known_tools=session.router.names or None)
         n = samples or cfg.hyperparameters.eval_samples
