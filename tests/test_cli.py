@@ -94,9 +94,14 @@ def test_eval_model_names_a_run_or_its_checkpoint(tiny_model, lookup_files, tmp_
     from agentrft.rl.trainer import train
 
     cfg_path = _config(tmp_path, str(tiny_model), lookup_files["train"], lookup_files["valid"], max_steps=2,
-                       batch_size=2, group_size=2, eval_interval=2, eval_samples=1)
+                       batch_size=2, group_size=2, eval_interval=2, eval_samples=1, eval_rows=3)
     cfg = load_config(cfg_path)
     run_id = train(cfg, progress=False)
+    from agentrft.store import RunStore
+
+    st = RunStore(cfg.store_url, mode="read")
+    assert [m["trajectories"] for m in st.step_metrics(run_id, split="valid")] == [3, 3]  # eval_rows: 3 rows each eval
+    st.close()
     step2 = str(tmp_path / "runs" / run_id / "checkpoints" / "step-000002")
     assert resolve_eval_model(cfg, run_id) in {step2, str(tmp_path / "runs" / run_id / "checkpoints" / "step-000000")}
     assert resolve_eval_model(cfg, f"{run_id}:step-2") == step2
@@ -104,3 +109,8 @@ def test_eval_model_names_a_run_or_its_checkpoint(tiny_model, lookup_files, tmp_
     assert resolve_eval_model(cfg, "Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # a HF id, as given
     r = run_cli("eval", "--model", f"{run_id}:step-99", "--data", str(lookup_files["valid"]), "--config", str(cfg_path))
     assert r.returncode == 2 and f"has no checkpoint 'step-99' (it has: " in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "m.json"
+    r = run_cli("eval", "--model", run_id, "--data", str(lookup_files["valid"]), "--config", str(cfg_path),
+                "--max-rows", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["trajectories"] == 2

@@ -65,11 +65,15 @@ def test_the_in_process_sampler_is_continuous_and_versioned_by_the_caller(lookup
         stack.close()
 
 
-def test_stack_errors_name_the_tool_entry_and_the_model(lookup_files, tmp_path):
+def test_stack_errors_name_the_tool_entry_and_the_model(lookup_files, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"tools\[1\]: 'lookup_task:nope'.*no attribute"):
         RolloutStack(_cfg(lookup_files, tools=["lookup_task:lookup", "lookup_task:nope"]))
     with pytest.raises(ModelLoadError, match="no such directory"):
         load_policy(tmp_path / "missing")
+    (tmp_path / "models").mkdir()  # "models/tiny" beside an existing models/ is a path, not a HF id: no hub lookup
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="'models/tiny': no such directory"):
+        load_policy("models/tiny")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match=r"not a model directory \(no config.json\)"):
         load_policy(tmp_path / "empty")

@@ -154,6 +154,8 @@ def eval_cmd(
     data: Path = typer.Option(..., "--data", help="JSONL to evaluate on"),
     config: Path = typer.Option(..., "--config", help="run config (tools, grader, sampling settings)"),
     samples: Optional[int] = typer.Option(None, help="samples per item (default: eval_samples)"),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="evaluate the first N rows only "
+                                           "(default: hyperparameters.eval_rows, else all)"),
     out: Optional[Path] = typer.Option(None, help="also write the metrics as JSON here"),
 ) -> None:
     """Evaluate a baseline or a checkpoint on a dataset; records the trajectories and prints agent metrics."""
@@ -163,7 +165,7 @@ def eval_cmd(
 
     with user_errors():
         cfg = load_config(config)
-        run_id, metrics = run_eval(cfg, model=model, data=data, samples=samples, console=err)
+        run_id, metrics = run_eval(cfg, model=model, data=data, samples=samples, max_rows=max_rows, console=err)
     _print_metrics(metrics, title=f"eval of {model} on {data.name} (run {run_id})")
     if out:
         out.write_text(json.dumps(metrics, indent=2))

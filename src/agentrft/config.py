@@ -66,6 +66,8 @@ class Hyperparameters(_Strict):
     mini_batches: int = Field(1, ge=1, le=1024, description="optimizer steps per RL step (>1 makes clipping matter)")
     eval_interval: int = Field(5, ge=1, le=10_000_000, description="validation eval every this many steps (and at step 0 and the end)")
     eval_samples: int = Field(1, ge=1, le=1024, description="rollouts per validation row")
+    eval_rows: int | None = Field(None, ge=1, le=10_000_000, description="evaluate on the first this many validation "
+                                  "rows only (the same rows at every eval, so checkpoints stay paired); null = all")
     max_episode_steps: int = Field(8, ge=1, le=100_000, description="tool-call budget per rollout")
     max_turns: int = Field(8, ge=1, le=100_000, description="assistant turns per rollout")
     max_new_tokens: int = Field(128, ge=1, le=10_000_000, description="tokens per assistant turn")

@@ -68,10 +68,13 @@ def resolve_eval_model(cfg: RunConfig, model: str) -> str:
 
 
 def run_eval(cfg: RunConfig, *, model: str, data: str | Path, samples: int | None = None, console: Any = None,
-             progress: bool = True) -> tuple[str, dict[str, Any]]:
+             progress: bool = True, max_rows: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Evaluate ``model`` on the first ``max_rows`` rows of ``data`` (default ``eval_rows``, else all)."""
     session = EvalSession(cfg, resolve_eval_model(cfg, model))
     try:
         rows = load_dataset(data, known_tools=session.router.names or None)
+        limit = max_rows or cfg.hyperparameters.eval_rows
+        rows = rows[:limit] if limit else rows
         n = samples or cfg.hyperparameters.eval_samples
         split = f"eval:{Path(data).stem}"
         trajs, metrics = session.evaluate(list(rows), samples=n, split=split, data_dir=str(Path(data).parent),

@@ -119,6 +119,8 @@ class Trainer:
         self.router, self.grader, self.holdouts = self.stack.router, self.stack.grader, self.stack.holdouts
         train_path, valid_path = cfg.path(cfg.training_file), cfg.path(cfg.validation_file)
         self.train_rows, self.valid_rows = load_datasets(train_path, valid_path, known_tools=self.router.names or None)
+        if hp.eval_rows is not None and self.valid_rows:
+            self.valid_rows = self.valid_rows[: hp.eval_rows]  # the same rows at every eval: paired
         if not self.train_rows:
             raise TrainingError(f"{train_path}: no training rows")
         self.data_dir = str(Path(train_path).parent)

@@ -51,8 +51,9 @@ def load_policy(ref: str | Path) -> Policy:
     tokenizer and chat renderer."""
     ref = str(ref)
     p = Path(ref)
-    if (ref.startswith((".", "/", "~")) or p.exists()) and not (p / "config.json").exists() \
-            and not (p / "adapter_config.json").exists():
+    # a path, not a HF id: it starts like one, exists, or sits in a directory that exists here ("models/tiny")
+    looks_local = ref.startswith((".", "/", "~")) or p.exists() or (len(p.parts) > 1 and p.parent.is_dir())
+    if looks_local and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
         why = "no such directory" if not p.exists() else "not a model directory (no config.json)"
         raise ModelLoadError(f"model {ref!r}: {why}")
     try:
