@@ -45,6 +45,7 @@ from agentrft.store.schema import (
     Run,
     Step,
     ToolCallRow,
+    TraceRow,
     TrajectoryRow,
     utcnow,
 )
@@ -603,6 +604,41 @@ class RunStore:
             return [{"id": e.id, "run_id": e.run_id, "checkpoint_id": e.checkpoint_id, "status": e.status,
                      "evidence": e.evidence, "grader_versions": e.grader_versions, "created_at": _iso(e.created_at)}
                     for e in s.scalars(q.order_by(RegistryEntry.id.desc()))]
+
+    # ---- production traces (agentrft serve) ---------------------------------------------------------------
+    _TRACE_FIELDS = ("request_id", "trace_id", "endpoint", "model", "checkpoint_id", "status", "error", "messages",
+                     "tools", "params", "choices", "tool_calls", "prompt_tokens", "completion_tokens", "latency_s",
+                     "user", "meta")
+
+    def record_traces(self, traces: list[dict]) -> None:
+        """Record served requests (dicts with the fields of ``TraceRow``; ``metadata`` is accepted for ``meta``) in
+        one transaction."""
+        if not traces:
+            return
+        with self._write() as s:
+            for t in traces:
+                t = dict(t)
+                if "metadata" in t:
+                    t["meta"] = t.pop("metadata") or {}
+                unknown = set(t) - set(self._TRACE_FIELDS) - {"created_at"}
+                if unknown:
+                    raise StoreError(f"record_traces: unknown fields {sorted(unknown)}")
+                if not t.get("request_id") or not t.get("trace_id"):
+                    raise StoreError("record_traces: request_id and trace_id are required")
+                s.add(TraceRow(**{"created_at": utcnow(), **t}))
+
+    def traces(self, *, trace_id: str | None = None, model: str | None = None, limit: int | None = None) -> list[dict]:
+        """Served requests, oldest first; filtered by the client's ``trace_id`` and/or ``model``."""
+        q = select(TraceRow).order_by(TraceRow.id)
+        if trace_id is not None:
+            q = q.where(TraceRow.trace_id == trace_id)
+        if model is not None:
+            q = q.where(TraceRow.model == model)
+        if limit is not None:
+            q = q.limit(int(limit))
+        with self._read() as s:
+            return [{**{f: getattr(r, f) for f in self._TRACE_FIELDS if f != "meta"}, "metadata": r.meta,
+                     "id": r.id, "created_at": _iso(r.created_at)} for r in s.scalars(q)]
 
     # ---- diagnostics ---------------------------------------------------------------------------------------
     def pragma(self, name: str) -> Any:

@@ -194,3 +194,31 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text, default="")
+
+
+class TraceRow(Base):
+    """One served request (``agentrft serve``): what was asked, what answered, what came back. A conversation's
+    requests share the client's ``trace_id`` (``X-Trace-Id``); ``request_id`` is unique per request."""
+
+    __tablename__ = "traces"
+    __table_args__ = (Index("ix_traces_model_created", "model", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(100), unique=True)
+    trace_id: Mapped[str] = mapped_column(String(200), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64), default="chat.completions")
+    model: Mapped[str] = mapped_column(String(400), default="")
+    checkpoint_id: Mapped[str] = mapped_column(String(400), default="")
+    status: Mapped[int] = mapped_column(Integer, default=200)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the request's messages (or prompts)
+    tools: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # temperature, top_p, seed, n, max_tokens…
+    choices: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the answer's messages / texts + finish reasons
+    tool_calls: Mapped[list[Any]] = mapped_column(JSON, default=list)  # calls made, across choices
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    user: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

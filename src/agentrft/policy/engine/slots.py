@@ -57,6 +57,7 @@ class SlotEngine:
         self.decoding = [False] * slots
         self.gens: list[torch.Generator | None] = [None] * slots
         self.limit = [0] * slots
+        self.slot_params: list[SamplingParams | None] = [None] * slots  # per-slot override of ``params`` (feed)
         self.out_ids: list[list[int]] = [[] for _ in range(slots)]
         self.out_lp: list[list[float]] = [[] for _ in range(slots)]
         self.t0 = [0.0] * slots
@@ -119,11 +120,16 @@ class SlotEngine:
             newv[i][:, :, : self.cap] = self.v[i]
         self.k, self.v, self.cap = newk, newv, cap
 
-    def feed(self, slot: int, ids: list[int], gen: torch.Generator, limit: int) -> None:
+    def feed(self, slot: int, ids: list[int], gen: torch.Generator, limit: int,
+             params: SamplingParams | None = None) -> None:
+        """``params`` overrides the engine's sampling params for this turn (a server batches requests with different
+        temperatures/top_p in one engine); None uses the engine's."""
+        p = params or self.params
         self.pending[slot] += list(ids)
         self.decoding[slot] = True
         self.gens[slot] = gen
-        self.limit[slot] = max(0, min(self.params.max_new_tokens, limit))
+        self.slot_params[slot] = params
+        self.limit[slot] = max(0, min(p.max_new_tokens, limit))
         self.out_ids[slot], self.out_lp[slot] = [], []
         self.t0[slot] = time.perf_counter()
 
@@ -180,7 +186,7 @@ class SlotEngine:
         if not rows:
             return finished
         logits = torch.cat(parts)
-        tok, tok_lp = sample_tokens(logits, self.params, [float(torch.rand(1, generator=self.gens[s])) for s in rows])
+        tok, tok_lp = self._sample(rows, logits, [float(torch.rand(1, generator=self.gens[s])) for s in rows])
         for i, (t, lp) in enumerate(zip(tok.tolist(), tok_lp.tolist())):
             s = rows[i]
             self.out_ids[s].append(t)
@@ -194,6 +200,22 @@ class SlotEngine:
                 finished.append((s, Generation(self.out_ids[s], self.out_lp[s], "stop" if stop else "length",
                                                time.perf_counter() - self.t0[s])))
         return finished
+
+    def _sample(self, rows: list[int], logits: torch.Tensor, u: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sample_tokens`` per row with that row's params: one call when all rows share them (the rollout case),
+        else one per distinct (temperature, top_p) — ``sample_tokens`` is row-wise, so a row's token and log-prob do
+        not depend on how rows are grouped."""
+        ps = [self.slot_params[s] or self.params for s in rows]
+        keys = [(p.temperature, p.top_p) for p in ps]
+        if len(set(keys)) == 1:
+            return sample_tokens(logits, ps[0], u)
+        tok = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        lp = torch.empty(len(rows), dtype=torch.float32, device=logits.device)
+        for key in dict.fromkeys(keys):
+            idx = [i for i, k in enumerate(keys) if k == key]
+            t, l = sample_tokens(logits[idx], ps[idx[0]], [u[i] for i in idx])
+            tok[idx], lp[idx] = t, l.float()
+        return tok, lp
 
     def _prompt_leaders(self, rows: list[int]) -> dict[int, int]:
         """For each row, the first row with the same pending prompt among the fresh slots (nothing cached) — the

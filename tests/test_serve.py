@@ -1,0 +1,308 @@
+"""`agentrft serve` through the official `openai` client against a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+import serve_helpers as h
+from agentrft.serve.app import ServerState, create_app
+from agentrft.serve.config import ServeConfig
+from agentrft.serve.server import BackgroundServer
+
+TOKEN = "sekret-token"
+
+
+@pytest.fixture(scope="module")
+def tool_model(tiny_model, tmp_path_factory):
+    return h.build_tool_model(tiny_model, tmp_path_factory.mktemp("serve") / "tool")
+
+
+@pytest.fixture(scope="module")
+def server(tool_model, tmp_path_factory):
+    store = tmp_path_factory.mktemp("serve-store") / "store.db"
+    cfg = ServeConfig(model=str(tool_model), model_name="tool", store=f"sqlite:///{store}", token=TOKEN, slots=8,
+                      max_body_bytes=64 * 1024, max_tokens_cap=256)
+    app = create_app(cfg)
+    with BackgroundServer(app) as srv:
+        srv.state = app.state.serve
+        yield srv
+    app.state.serve.close()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url, api_key=TOKEN, max_retries=0, timeout=120)
+
+
+def _chat(client, messages, **kw):
+    kw.setdefault("temperature", 0)
+    kw.setdefault("max_tokens", 60)
+    return client.chat.completions.create(model="tool", messages=messages, **kw)
+
+
+def test_list_models(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == "tool"
+    assert client.models.retrieve("tool").id == "tool"
+
+
+def test_chat_with_tools_gives_structured_tool_calls_and_the_round_trip(client, server):
+    raw = client.chat.completions.with_raw_response.create(model="tool", messages=h.ONE, tools=h.TOOLS,
+                                                           temperature=0, max_tokens=60)
+    assert raw.headers["x-agentrft-checkpoint"] == "base:tool"
+    r = raw.parse()
+    assert r.system_fingerprint == "base:tool"
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in ch.message.tool_calls] == \
+        [("lookup", {"key": "K3"})]
+    assert ch.message.tool_calls[0].id.startswith("call_")
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # the tool result round trip: the assistant message as the SDK returned it, then the tool's answer
+    msgs = h.ONE + [ch.message.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": ch.message.tool_calls[0].id, "content": "K3 is red"}]
+    r2 = _chat(client, msgs, tools=h.TOOLS)
+    assert r2.choices[0].message.content == "ANSWER: red"
+    assert r2.choices[0].finish_reason == "stop"
+    assert not r2.choices[0].message.tool_calls
+
+
+def test_parallel_tool_calls(client):
+    r = _chat(client, h.TWO, tools=h.TOOLS)
+    calls = r.choices[0].message.tool_calls
+    assert [json.loads(c.function.arguments)["key"] for c in calls] == ["K1", "K5"]
+    assert len({c.id for c in calls}) == 2
+
+
+def test_tool_choice_none_offers_no_tools(client, server):
+    with_tools = _chat(client, h.ONE, tools=h.TOOLS, max_tokens=1, logprobs=True)
+    without = _chat(client, h.ONE, tools=h.TOOLS, tool_choice="none", max_tokens=1, logprobs=True)
+    # the prompt without the tools block is shorter: the template was not given the tools
+    assert without.usage.prompt_tokens < with_tools.usage.prompt_tokens
+
+
+def test_stream_with_tool_call_deltas_reassembled_by_the_sdk(client):
+    with client.chat.completions.stream(model="tool", messages=h.TWO, tools=h.TOOLS, temperature=0, max_tokens=60,
+                                        stream_options={"include_usage": True}) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    deltas = [e for e in events if e.type == "tool_calls.function.arguments.delta"]
+    assert deltas, "arguments arrived as deltas"
+    msg = final.choices[0].message
+    assert [json.loads(c.function.arguments) for c in msg.tool_calls] == [{"key": "K1"}, {"key": "K5"}]
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert final.usage is not None and final.usage.completion_tokens > 0
+    # same as the non-streamed answer
+    plain = _chat(client, h.TWO, tools=h.TOOLS)
+    assert [c.function.arguments for c in msg.tool_calls] == \
+        [c.function.arguments for c in plain.choices[0].message.tool_calls]
+
+
+def test_stream_text_matches_non_streamed(client):
+    chunks = list(client.chat.completions.create(model="tool", messages=h.PLAIN, temperature=0, max_tokens=20,
+                                                  stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == _chat(client, h.PLAIN, max_tokens=20).choices[0].message.content == "hello there"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_n_and_seed(client):
+    kw = dict(temperature=2.0, max_tokens=12, n=3, seed=7)
+    odd = [{"role": "user", "content": "Tell me about K9 and the weather."}]  # untrained: a flat distribution
+    a = _chat(client, odd, **kw)
+    b = _chat(client, odd, **kw)
+    assert len(a.choices) == 3 and [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert len({c.message.content for c in a.choices}) > 1, "the n choices are sampled independently"
+    c = _chat(client, odd, temperature=2.0, max_tokens=12, seed=8)
+    assert c.choices[0].message.content != a.choices[0].message.content
+
+
+def test_max_tokens_length_stop_and_logprobs(client):
+    r = _chat(client, h.PLAIN, max_tokens=3, logprobs=True, top_logprobs=3)
+    ch = r.choices[0]
+    assert ch.finish_reason == "length" and r.usage.completion_tokens == 3
+    assert len(ch.logprobs.content) == 3
+    for t in ch.logprobs.content:
+        assert len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].token == t.token  # greedy: the sampled token is the most likely
+        assert abs(t.top_logprobs[0].logprob - t.logprob) < 1e-4
+    assert "".join(t.token for t in ch.logprobs.content) == ch.message.content
+    s = _chat(client, h.PLAIN, stop=["lo"])
+    assert s.choices[0].message.content == "hel" and s.choices[0].finish_reason == "stop"
+    r2 = _chat(client, h.PLAIN, max_completion_tokens=2)
+    assert r2.usage.completion_tokens == 2
+
+
+def test_errors_are_sdk_exceptions_of_the_right_class(client, server):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=h.PLAIN)
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url, api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS,
+                                       tool_choice={"type": "function", "function": {"name": "missing"}})
+    assert "missing" in e.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS, tool_choice="sometimes")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tool", messages=h.ONE, tool_choice="required")  # no tools
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="tool", messages=[{"role": "user", "content": "x" * 100_000}])
+    assert e.value.status_code == 413
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tool", messages=h.PLAIN, max_tokens=100_000)
+    assert e.value.body["code"] == "max_tokens_too_large"
+
+
+@pytest.mark.parametrize("body,param", [
+    (b"{not json", None),
+    (b"[1, 2]", None),
+    (json.dumps({"model": "tool"}).encode(), "messages"),
+    (json.dumps({"model": "tool", "messages": []}).encode(), "messages"),
+    (json.dumps({"model": "tool", "messages": [{"role": "bot", "content": "x"}]}).encode(), "messages.0"),
+    (json.dumps({"model": "tool", "messages": [{"role": "user", "content": "x"}], "n": "two"}).encode(), "n"),
+    (json.dumps({"model": "tool", "messages": [{"role": "user", "content": "x"}], "temperature": 9}).encode(),
+     "temperature"),
+    (json.dumps({"model": "tool", "messages": [{"role": "tool", "content": "x"}]}).encode(), "messages.0"),
+    (json.dumps({"model": "tool", "messages": [{"role": "user", "content": "x"}],
+                 "tools": [{"type": "function", "function": {"name": "bad name!"}}]}).encode(), "tools.0.function.name"),
+    (json.dumps({"model": "tool", "messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 5}).encode(), "stop"),
+])
+def test_malformed_requests_are_400_never_500(server, body, param):
+    r = httpx.post(server.url + "/chat/completions", content=body,
+                   headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    if param is not None:
+        assert err["param"] is not None and err["param"].startswith(param), err
+    assert "Traceback" not in r.text
+
+
+def test_unknown_route_missing_token_and_health(server):
+    r = httpx.get(server.url + "/nothing", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(server.url + "/models")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(server.base_url + "/health").json()["status"] == "ok"  # no token needed
+    r = httpx.get(server.url + "/chat/completions", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_sixteen_concurrent_clients_all_answered_and_traced(server, client):
+    server.state.traces.flush()
+    before = len(server.state.store.traces())
+    results: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        c = openai.OpenAI(base_url=server.url, api_key=TOKEN, max_retries=0, timeout=300)
+        msgs = h.ONE if i % 2 == 0 else h.PLAIN
+        try:
+            results[i] = c.chat.completions.create(model="tool", messages=msgs, tools=h.TOOLS if i % 2 == 0 else None,
+                                                   temperature=0 if i % 4 < 2 else 1.0, seed=i, max_tokens=30,
+                                                   extra_headers={"X-Trace-Id": f"conv-{i}"}, user=f"u{i}",
+                                                   metadata={"i": str(i)})
+        except Exception as e:  # noqa: BLE001 - recorded and asserted below
+            results[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(not isinstance(r, Exception) for r in results.values()), results
+    assert len(results) == 16
+    for i, r in results.items():
+        if i % 4 == 0:  # greedy with tools: the trained call
+            assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {"key": "K3"}
+        if i % 4 == 1:
+            assert r.choices[0].message.content == "hello there"
+    server.state.traces.flush()
+    traces = server.state.store.traces()
+    assert len(traces) == before + 16
+    t5 = server.state.store.traces(trace_id="conv-5")
+    assert len(t5) == 1 and t5[0]["user"] == "u5" and t5[0]["metadata"] == {"i": "5"}
+    assert t5[0]["completion_tokens"] == results[5].usage.completion_tokens
+    t4 = server.state.store.traces(trace_id="conv-4")[0]
+    assert t4["tool_calls"][0]["function"]["name"] == "lookup" and t4["tools"][0]["function"]["name"] == "lookup"
+    assert t4["checkpoint_id"] == "base:tool" and t4["latency_s"] > 0 and t4["messages"][1]["content"] == "What color is K3?"
+
+
+def test_trace_id_is_returned(client):
+    raw = client.chat.completions.with_raw_response.create(model="tool", messages=h.PLAIN, max_tokens=2)
+    assert raw.headers["x-trace-id"].startswith("trace_")
+    raw = client.chat.completions.with_raw_response.create(model="tool", messages=h.PLAIN, max_tokens=2,
+                                                           extra_headers={"X-Trace-Id": "mine"})
+    assert raw.headers["x-trace-id"] == "mine"
+
+
+def test_client_disconnect_frees_the_slot(server):
+    worker = server.state.manager.base
+    with httpx.Client(timeout=60) as hc:
+        with hc.stream("POST", server.url + "/chat/completions", headers={"Authorization": f"Bearer {TOKEN}"},
+                       json={"model": "tool", "messages": h.PLAIN, "temperature": 2.0, "max_tokens": 256,
+                             "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:") and worker.active() > 0:
+                    break  # a slot is decoding our request; hang up
+    deadline = time.monotonic() + 60
+    while worker.active() > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.active() == 0
+    assert server.state.metrics.generated  # it did decode before the hang-up
+
+
+def test_metrics_in_prometheus_text(server, client):
+    _chat(client, h.PLAIN, max_tokens=2)
+    text = httpx.get(server.base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert 'agentrft_requests_total{endpoint="chat.completions",model="tool",status="200"}' in text
+    assert "agentrft_request_latency_seconds_bucket" in text and "agentrft_queue_depth 0" in text
+    assert "agentrft_loaded_adapters 0" in text and "agentrft_completion_tokens_total" in text
+
+
+def test_completions_token_ids_and_text(client, server):
+    tok = server.state.manager.base.tok
+    prompt = server.state.manager.base.renderer.prompt_ids(h.PLAIN, None)
+    r = client.completions.create(model="tool", prompt=prompt, max_tokens=8, temperature=0, logprobs=2,
+                                  extra_body={"return_token_ids": True})
+    ch = r.choices[0]
+    d = ch.model_dump()
+    assert d["prompt_token_ids"] == prompt
+    ids = d["token_ids"]
+    assert tok.decode(ids[:-1]) == ch.text == "hello there" and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert len(ch.logprobs.token_logprobs) == len(ids) and all(lp <= 0 for lp in ch.logprobs.token_logprobs)
+    assert len(ch.logprobs.top_logprobs[0]) == 2
+    text = tok.decode(prompt)
+    r2 = client.completions.create(model="tool", prompt=text, max_tokens=8, temperature=0)
+    assert r2.choices[0].text == "hello there"
+    r3 = client.completions.create(model="tool", prompt=[prompt, prompt], max_tokens=8, temperature=0)
+    assert [c.text for c in r3.choices] == ["hello there"] * 2
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tool", prompt=[10**6], max_tokens=2)
+
+
+def test_rate_limit_and_bind_refusal(server, tool_model):
+    from agentrft.config import ConfigError
+    from agentrft.serve.config import check_bind
+
+    cfg = ServeConfig(model=str(tool_model), model_name="tool", rate_limit_tpm=400, record_traces=False)
+    state = ServerState(cfg, manager=server.state.manager)
+    with BackgroundServer(create_app(cfg, state=state)) as srv:
+        c = openai.OpenAI(base_url=srv.url, api_key="k", max_retries=0)
+        c.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS, max_tokens=200, temperature=0)
+        with pytest.raises(openai.RateLimitError) as e:
+            c.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS, max_tokens=200, temperature=0)
+        assert int(e.value.response.headers["retry-after"]) >= 1
+    with pytest.raises(ConfigError, match="token"):
+        check_bind(ServeConfig(model="m", host="0.0.0.0"))
+    check_bind(ServeConfig(model="m", host="0.0.0.0", token="t"))
+    check_bind(ServeConfig(model="m", host="::1"))
