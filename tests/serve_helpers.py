@@ -67,3 +67,43 @@ def build_tool_model(tiny_model: Path, out: Path, steps: int = 400) -> Path:
     model.save_pretrained(out)
     (out / "done").write_text(f"{step} {loss.item():.4f}")
     return out
+
+
+def tool_model_dir(tiny_model: Path, tmp_path_factory) -> Path:
+    """The tool model, built once per test session (shared by the serve test modules)."""
+    return build_tool_model(tiny_model, tmp_path_factory.getbasetemp() / "serve-tool-model")
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
+    """A random (non-zero) LoRA adapter over ``base_dir``, saved as the learner saves one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=32, target_modules=LORA_TARGETS, init_lora_weights=False))
+    peft.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return out
+
+
+def greedy_ids(model_dir: Path, prompt: list[int], n: int) -> list[int]:
+    """What the rollout engine samples greedily for ``prompt`` from the weights in ``model_dir`` (a model or an
+    adapter directory), loaded independently of any server."""
+    from agentrft.policy.learner import load_model_and_tokenizer
+    from agentrft.policy.sampler import SamplingParams, TransformersSampler
+    from agentrft.rollout.render import ChatRenderer
+
+    model, tok = load_model_and_tokenizer(str(model_dir))
+    model.eval()
+    r = ChatRenderer(tok)
+    eng = TransformersSampler(model, stop_ids=r.stop_ids, pad_id=tok.pad_token_id).slot_engine(
+        SamplingParams(temperature=1.0, top_p=1e-9, max_new_tokens=n), slots=1)
+    eng.feed(0, prompt, torch.Generator().manual_seed(0), n)
+    while eng.busy():
+        for _, g in eng.step():
+            return g.ids
+    raise AssertionError("no generation")

@@ -20,7 +20,7 @@ TOKEN = "sekret-token"
 
 @pytest.fixture(scope="module")
 def tool_model(tiny_model, tmp_path_factory):
-    return h.build_tool_model(tiny_model, tmp_path_factory.mktemp("serve") / "tool")
+    return h.tool_model_dir(tiny_model, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                 raise APIError(400, f"The lora adapter '{req.lora_name}' has already been loaded", param="lora_name")
         st.manager.register_adapter(req.lora_name, req.lora_path)
         try:  # load now, so a broken adapter fails here rather than on first use
-            await resolve(req.lora_name)
+            (await resolve(req.lora_name)).done()
         except APIError:
             st.manager.unregister_adapter(req.lora_name)
             raise
@@ -317,6 +317,15 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         t0 = time.perf_counter()
         req: ChatCompletionRequest = await body_as(request, ChatCompletionRequest)
         target = await resolve(req.model)
+        resp = None
+        try:
+            resp = await _chat(request, req, target, t0)
+            return resp
+        finally:
+            if not isinstance(resp, StreamingResponse):  # (a stream releases its target when it ends)
+                target.done()
+
+    async def _chat(request: Request, req: ChatCompletionRequest, target: Target, t0: float) -> Response:
         trace_id, request_id = trace_ids(request)
         messages = [_template_message(m) for m in req.messages]
         tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
@@ -461,6 +470,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
             for r in gens:  # a client that went away mid-stream frees its slots
                 if not r.done.is_set():
                     r.cancelled.set()
+            target.done()
 
     # ---- completions (text or token-id prompts; token-exact sampling for trainers) --------------------------
     @app.post("/v1/completions")
@@ -470,6 +480,12 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         if req.stream:
             raise APIError(400, "stream is not supported on /v1/completions by this server", param="stream")
         target = await resolve(req.model)
+        try:
+            return await _completions(request, req, target, t0)
+        finally:
+            target.done()
+
+    async def _completions(request: Request, req: CompletionRequest, target: Target, t0: float) -> Response:
         trace_id, request_id = trace_ids(request)
         vocab = len(target.tokenizer)
         prompts: list[list[int]] = []

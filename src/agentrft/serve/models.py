@@ -49,6 +49,12 @@ class Target:
     variant: str
     tokenizer: Any
     renderer: ChatRenderer
+    release: Any = None  # call when the request is over: unpins its adapter / model
+
+    def done(self) -> None:
+        if self.release is not None:
+            self.release()
+            self.release = None
 
 
 class ModelManager:
@@ -64,8 +70,10 @@ class ModelManager:
         self.base = self._worker(pol.model, pol.tokenizer, checkpoint=f"base:{self.base_id}", name="base")
         self.lock = threading.RLock()
         self.adapter_paths: dict[str, tuple[str, str]] = {}  # adapter model id → (path, checkpoint id)
-        self.lru: OrderedDict[str, str] = OrderedDict()  # loaded adapter model id → variant name, oldest first
+        self.lru: OrderedDict[str, str] = OrderedDict()  # loaded adapter checkpoint id → variant name, oldest first
         self.full: OrderedDict[str, tuple[Worker, float]] = OrderedDict()  # checkpoint id → (worker, last use)
+        # requests resolved to an adapter variant / a full model and not yet over: never evicted under them
+        self.pins: dict[str, int] = {}
         for name, path in cfg.loras.items():
             self.register_adapter(name, path)
 
@@ -175,12 +183,34 @@ class ModelManager:
                 raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
             ckpt, path = found
         if (Path(path) / "adapter_config.json").exists():
-            return self._target(model_id, self.base, self._ensure_adapter(model_id, path, ckpt))
+            return self._target(model_id, self.base, self._ensure_adapter(ckpt, path))
         return self._target(model_id, self._ensure_full(ckpt, path), "")
 
     def _target(self, model_id: str, w: Worker, variant: str) -> Target:
+        """(Called with the variant pinned, see ``_pin``.)"""
         ckpt = w.adapters.get(variant, w.checkpoint) if variant else w.checkpoint
-        return Target(model_id, ckpt, w, variant, w.tok, w.renderer)  # type: ignore[attr-defined]
+        key = self._pin_key(w, variant)
+        return Target(model_id, ckpt, w, variant, w.tok, w.renderer,  # type: ignore[attr-defined]
+                      release=(lambda: self._unpin(key)) if key else None)
+
+    def _pin_key(self, w: Worker, variant: str) -> str | None:
+        if variant:
+            return variant
+        if w is not self.base:
+            return "full:" + w.checkpoint
+        return None
+
+    def _pin(self, key: str) -> None:
+        with self.lock:
+            self.pins[key] = self.pins.get(key, 0) + 1
+
+    def _unpin(self, key: str) -> None:
+        with self.lock:
+            n = self.pins.get(key, 0) - 1
+            if n > 0:
+                self.pins[key] = n
+            else:
+                self.pins.pop(key, None)
 
     # ---- adapters ----------------------------------------------------------------------------------------
     @staticmethod
@@ -196,37 +226,61 @@ class ModelManager:
         with self.lock:
             self.adapter_paths[name] = (str(p), f"lora:{name}")
 
-    def unregister_adapter(self, name: str) -> bool:
+    def unregister_adapter(self, name: str, drain_s: float = 120.0) -> bool:
+        """Forget adapter ``name``: new requests for it get 404 at once; requests already admitted finish on its
+        weights (waiting up to ``drain_s``), then it is unloaded."""
         with self.lock:
             if name not in self.adapter_paths:
                 return False
             del self.adapter_paths[name]
-            variant = self.lru.pop(name, None)
+            variant = self.lru.pop(f"lora:{name}", None)
         if variant is not None:
+            deadline = time.monotonic() + drain_s
+            while time.monotonic() < deadline:
+                with self.lock:
+                    if not self.pins.get(variant) and self.base.variant_idle(variant):
+                        break
+                time.sleep(0.02)
             self.base.call(lambda: self.base.unload_adapter(variant))
         return True
 
-    def _ensure_adapter(self, key: str, path: str, ckpt: str) -> str:
-        """Load ``path`` as an adapter of the base worker (if not loaded) and return its variant name."""
-        with self.lock:
-            variant = self.lru.get(key)
-            if variant is not None:
-                self.lru.move_to_end(key)
-                return variant
-            variant = self._variant(f"{key}|{path}")
-            while len(self.lru) >= self.cfg.max_loras:
+    ADAPTER_WAIT_S = 30.0  # how long a request waits for an adapter slot when every loaded adapter is busy
+
+    def _ensure_adapter(self, ckpt: str, path: str) -> str:
+        """Load ``path`` as an adapter of the base worker (if not loaded) and return its variant name. With
+        ``max_loras`` adapters loaded, the least recently used idle one is unloaded first; when all are serving
+        requests this waits for one to go idle (503 after ``ADAPTER_WAIT_S``)."""
+        key = ckpt  # the LRU is keyed by the weights (a run's "best" id moves from checkpoint to checkpoint)
+        deadline = time.monotonic() + self.ADAPTER_WAIT_S
+        while True:
+            with self.lock:
+                variant = self.lru.get(key)
+                if variant is not None:
+                    self.lru.move_to_end(key)
+                    self._pin(variant)
+                    return variant
+                if len(self.lru) < self.cfg.max_loras:
+                    return self._load_adapter(key, path, ckpt)
                 victim = next((k for k, v in self.lru.items()
-                               if not self.base.slot_req.get(v) and not self.base.waiting.get(v)), None)
-                if victim is None:
-                    raise APIError(503, f"all {self.cfg.max_loras} adapter slots (max_loras) are serving requests; "
-                                   "retry shortly", code="adapters_busy")
-                v = self.lru.pop(victim)
-                self.base.call(lambda v=v: self.base.unload_adapter(v))
+                               if not self.pins.get(v) and self.base.variant_idle(v)), None)
+                if victim is not None:
+                    v = self.lru.pop(victim)
+                    self.base.call(lambda v=v: self.base.unload_adapter(v))
+                    return self._load_adapter(key, path, ckpt)
+            if time.monotonic() > deadline:
+                raise APIError(503, f"all {self.cfg.max_loras} loaded adapters (max_loras) are serving requests; "
+                               "retry shortly", code="adapters_busy")
+            time.sleep(0.02)
+
+    def _load_adapter(self, key: str, path: str, ckpt: str) -> str:
+        with self.lock:
+            variant = self._variant(f"{key}|{path}")
             try:
                 self.base.call(lambda: self.base.load_adapter(variant, path, ckpt))
             except Exception as e:  # noqa: BLE001 - a broken checkpoint is the client's answer, not a crash
                 raise APIError(503, f"could not load adapter {key!r} from {path}: {e}", code="model_load_failed") from None
             self.lru[key] = variant
+            self._pin(variant)
             return variant
 
     # ---- full fine-tuned checkpoints -----------------------------------------------------------------------
@@ -237,13 +291,15 @@ class ModelManager:
             if ckpt in self.full:
                 w, _ = self.full.pop(ckpt)
                 self.full[ckpt] = (w, time.time())
+                self._pin("full:" + ckpt)
                 return w
             need = _weights_bytes(Path(path))
             budget = self.cfg.max_model_memory_mb
             if budget is not None:
                 cap = int(budget * (1 << 20))
                 while self.loaded_bytes() + need > cap:
-                    victim = next((k for k, (w, _) in self.full.items() if w.idle()), None)
+                    victim = next((k for k, (w, _) in self.full.items()
+                                   if w.idle() and not self.pins.get("full:" + k)), None)
                     if victim is None:
                         raise APIError(
                             503, f"loading {ckpt} needs {need / 2**20:.1f} MB of weights; the memory budget "
@@ -257,6 +313,7 @@ class ModelManager:
                 raise APIError(503, f"could not load checkpoint {ckpt} from {path}: {e}", code="model_load_failed") from None
             w = self._worker(pol.model, pol.tokenizer, checkpoint=ckpt, name=ckpt[-24:])
             self.full[ckpt] = (w, time.time())
+            self._pin("full:" + ckpt)
             return w
 
 

@@ -122,6 +122,13 @@ class Worker:
     def active(self) -> int:
         return sum(len(d) for d in self.slot_req.values())
 
+    def variant_idle(self, variant: str) -> bool:
+        """No request of ``variant`` queued, waiting or decoding (its adapter may be unloaded)."""
+        with self._cond:
+            if any(r.variant == variant for r in self._queue):
+                return False
+            return not self.waiting.get(variant) and not self.slot_req.get(variant)
+
     def idle(self) -> bool:
         return self.queue_depth() == 0 and self.active() == 0
 
