@@ -80,6 +80,12 @@ def test_store_checkpoints_served_by_id_and_new_ones_without_restart(env, tmp_pa
             store.record_checkpoint(run, f"{run}:step-15", 15, env["adapters"]["c"], {}, 0.9, kept=True)
             assert f"{stem}:ckpt-step-15" in [m.id for m in c.models.list().data]
             assert _ids(c, stem, p) == (env["want"]["c"], f"{run}:step-15")
+            # registry aliases: `agentrft promote` records promoted checkpoints
+            with pytest.raises(openai.NotFoundError):
+                c.completions.create(model="production", prompt=p, max_tokens=1)
+            store.add_registry_entry(run, f"{run}:step-5", status="promoted", evidence={}, grader_versions={})
+            assert "production" in [m.id for m in c.models.list().data]
+            assert _ids(c, "production", p) == (env["want"]["a"], f"{run}:step-5")
             for bad in (f"{stem}:ckpt-step-1", f"{stem}:ckpt-step-99", f"ft:tool:wrong:{run}",
                         f"ft:tool:other-base:{other}", "ft:other:my-job:" + run):
                 with pytest.raises(openai.NotFoundError):

@@ -7,7 +7,9 @@ Ids (``GET /v1/models``):
   (``suffix``: the run's name, lowercased, ``[a-z0-9-]``), and each kept checkpoint:
   ``ft:<base>:<suffix>:<run>:ckpt-step-<N>``. The store is read on every listing and lookup, so a checkpoint a
   running ``agentrft train`` just wrote is servable at once; the run's best id follows its best checkpoint;
-* adapters named in the config or loaded with ``POST /v1/load_lora_adapter``: their name.
+* adapters named in the config or loaded with ``POST /v1/load_lora_adapter``: their name;
+* registry aliases: ``production`` (the newest ``promoted`` registry entry, see ``agentrft promote``) and
+  ``candidate`` (the newest ``candidate`` entry), when their checkpoint is kept and of this base.
 
 A LoRA checkpoint (``adapter_config.json``) is an adapter over the loaded base: loaded on first use into the base's
 worker, kept in an LRU of ``max_loras``. A full fine-tuned checkpoint is a separate model with its own worker, loaded
@@ -148,10 +150,31 @@ class ModelManager:
             for c in ckpts:
                 out.append({"id": f"{stem}:ckpt-step-{c['step']}", "object": "model", "created": created,
                             "owned_by": "agentrft", "root": c["path"], "parent": self.base_id, "checkpoint": c["id"]})
+        for alias, (ckpt, path) in self._aliases().items():
+            out.append({"id": alias, "object": "model", "created": created, "owned_by": "agentrft", "root": path,
+                        "parent": self.base_id, "checkpoint": ckpt})
         with self.lock:
             for name, (path, _) in self.adapter_paths.items():
                 out.append({"id": name, "object": "model", "created": created, "owned_by": "agentrft", "root": path,
                             "parent": self.base_id})
+        return out
+
+    ALIASES = {"production": "promoted", "candidate": "candidate"}
+
+    def _aliases(self) -> dict[str, tuple[str, str]]:
+        """alias → (checkpoint id, path) from the registry (newest entry of each status)."""
+        if self.store is None:
+            return {}
+        out: dict[str, tuple[str, str]] = {}
+        for alias, status in self.ALIASES.items():
+            for e in self.store.registry(status):  # newest first
+                run = self.store.get_run(e["run_id"])
+                if run is None or not self._same_base(run):
+                    continue
+                c = next((c for c in self._kept(run["id"]) if c["id"] == e["checkpoint_id"]), None)
+                if c is not None:
+                    out[alias] = (c["id"], c["path"])
+                break
         return out
 
     # ---- resolving ---------------------------------------------------------------------------------------
@@ -177,6 +200,12 @@ class ModelManager:
             known = self.adapter_paths.get(model_id)
         if known is not None:
             path, ckpt = known
+        elif model_id in self.ALIASES:
+            found = self._aliases().get(model_id)
+            if found is None:
+                raise APIError(404, f"The model '{model_id}' does not exist: no {self.ALIASES[model_id]} registry "
+                               "entry with a kept checkpoint of this base", param="model", code="model_not_found")
+            ckpt, path = found
         else:
             found = self._checkpoint_for(model_id)
             if found is None:
@@ -221,7 +250,7 @@ class ModelManager:
         p = Path(path)
         if not (p / "adapter_config.json").exists():
             raise APIError(400, f"{path}: not a LoRA adapter directory (no adapter_config.json)", param="lora_path")
-        if name == self.base_id or _FT.match(name):
+        if name == self.base_id or _FT.match(name) or name in self.ALIASES:
             raise APIError(400, f"the adapter name {name!r} is taken by a model id", param="lora_name")
         with self.lock:
             self.adapter_paths[name] = (str(p), f"lora:{name}")
