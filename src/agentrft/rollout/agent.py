@@ -248,7 +248,7 @@ class AgentLoop:
         s.ended_with_eos = g.finish_reason == "stop"
         text_ids = g.ids[:-1] if s.ended_with_eos else g.ids
         text = self.renderer.decode(text_ids)
-        parsed = parse_turn(text)
+        parsed = self.renderer.parse(text) if hasattr(self.renderer, "parse") else parse_turn(text)
         turn = Turn(
             index=len(traj.turns),
             start=start,
@@ -299,8 +299,7 @@ class AgentLoop:
                 {
                     "role": "tool",
                     "name": "error",
-                    "content": f"Error: {turn.parse_error}. Write calls as "
-                    '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>.',
+                    "content": f"Error: {turn.parse_error}. Write calls as {self._call_example()}.",
                 }
             )
         traj.messages += new_msgs
@@ -322,6 +321,10 @@ class AgentLoop:
         if len(traj.token_ids) >= self.limits.max_context_tokens:
             return "context_limit"
         return None
+
+    def _call_example(self) -> str:
+        d = getattr(self.renderer, "dialect", None)
+        return d.example if d is not None else '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'
 
     def _finish(self, s: _State, outcome: str, on_done: Callable[[Trajectory], None] | None) -> None:
         s.traj.outcome = outcome

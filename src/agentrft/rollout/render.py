@@ -36,9 +36,19 @@ class ChatRenderer:
         self.eos_text: str = eos
         self.eos_id: int = tokenizer.convert_tokens_to_ids(eos)
         self.stop_ids: set[int] = {self.eos_id}
+        from agentrft.rollout.dialects import dialect_for_template
+
+        # how this model writes tool calls, read from its template (rollouts and the server parse with it)
+        self.dialect = dialect_for_template(tokenizer.chat_template)
+
+    def parse(self, text: str):  # noqa: ANN201 - agentrft.rollout.parse.ParsedTurn
+        """Tool calls and content of a sampled assistant turn, in this model's dialect."""
+        return self.dialect.parse(text)
 
     # ---- text ----------------------------------------------------------------------------------
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *, gen: bool) -> str:
+        if self.dialect.name != "hermes":  # templates that iterate over a call's arguments need the object
+            messages = _arguments_as_objects(messages)
         return self.tok.apply_chat_template(
             messages, tools=tools or None, add_generation_prompt=gen, tokenize=False
         )
@@ -121,3 +131,30 @@ class ChatRenderer:
                 mask += [0] * len(cont)
             i = j
         return ids, mask
+
+
+def _arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages whose tool calls carry ``arguments`` as parsed JSON objects instead of JSON text (OpenAI's form)."""
+    import json
+
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        if not calls:
+            out.append(m)
+            continue
+        new_calls = []
+        for c in calls:
+            f = c.get("function", c)
+            args = f.get("arguments")
+            if isinstance(args, str):
+                try:
+                    obj = json.loads(args) if args.strip() else {}
+                except json.JSONDecodeError:
+                    obj = None
+                if isinstance(obj, dict):
+                    f = {**f, "arguments": obj}
+                    c = {**c, "function": f} if "function" in c else f
+            new_calls.append(c)
+        out.append({**m, "tool_calls": new_calls})
+    return out

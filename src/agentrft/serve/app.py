@@ -373,7 +373,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         choices, all_calls = [], []
         for i, r in enumerate(gens):
             ids, text = output_text(target, r)
-            msg, calls, malformed = _assistant_message(text, offered is not None)
+            msg, calls, malformed = _assistant_message(text, offered is not None, target.renderer.parse)
             if malformed:
                 st.metrics.malformed(req.model)
             fr = "tool_calls" if calls else ("length" if r.finish_reason == "length" and r.stop_text_end is None
@@ -405,7 +405,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                 body["usage"] = usage
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
-        streams = [ToolCallStream(tools_on) for _ in gens]
+        streams = [ToolCallStream(tools_on, target.renderer.dialect) for _ in gens]
         sent_lp = [0] * len(gens)
         open_ = set(range(len(gens)))
         choices_out: list[dict] = [{} for _ in gens]
@@ -550,29 +550,41 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 def _template_message(m: Any) -> dict[str, Any]:
-    """An API message as the chat template gets it (text content; tool calls with their JSON-string arguments)."""
+    """An API message as the chat template gets it: text content; tool calls with their JSON-string arguments as
+    the client sent them (the renderer hands templates of other dialects the parsed objects)."""
     out: dict[str, Any] = {"role": m.role, "content": m.text()}
     if m.name:
         out["name"] = m.name
     if m.tool_calls:
         out["tool_calls"] = [{"id": c.id, "type": "function",
-                              "function": {"name": c.function.name, "arguments": c.function.arguments or "{}"}}
+                              "function": {"name": c.function.name, "arguments": _args(c.function.arguments)}}
                              for c in m.tool_calls]
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
     return out
 
 
+def _args(raw: str) -> str:
+    """The client's arguments text, which must be a JSON object (400 otherwise)."""
+    try:
+        v = json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        raise APIError(400, f"tool call arguments are not valid JSON: {raw[:100]!r}", param="messages") from None
+    if not isinstance(v, dict):
+        raise APIError(400, "tool call arguments must be a JSON object", param="messages")
+    return raw or "{}"
+
+
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _assistant_message(text: str, tools_on: bool) -> tuple[dict[str, Any], list[dict], bool]:
+def _assistant_message(text: str, tools_on: bool, parse: Any = parse_turn) -> tuple[dict[str, Any], list[dict], bool]:
     """``(message, tool_calls, malformed)``: tool calls parsed by the rollout parser when tools were offered; a turn
     whose call text does not parse is returned whole as content (and counted by the caller)."""
     if not tools_on:
         return {"role": "assistant", "content": text}, [], False
-    parsed = parse_turn(text)
+    parsed = parse(text)
     if parsed.errors:
         return {"role": "assistant", "content": text}, [], True
     if not parsed.calls:

@@ -6,6 +6,10 @@ call: a delta with its ``id``, ``type`` and ``name`` (empty ``arguments``), then
 OpenAI SDK's stream helpers join them. A block that does not parse, or one never closed, is sent as content and
 flagged ``malformed``. A turn that starts with ``{``/``[`` may be the plain-JSON dialect: it is held until the turn
 ends and parsed whole, as the non-streaming path does.
+
+Other dialects (``agentrft.rollout.dialects``): content is streamed until one of the dialect's start markers
+appears (a partial marker at the end is held back); from there the rest of the turn is held and parsed whole by
+the dialect when the turn ends, then sent as call deltas like above.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from agentrft.rollout.dialects import DIALECTS, Dialect
 from agentrft.rollout.parse import parse_turn
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -20,8 +25,9 @@ ARG_PIECE = 16  # characters of arguments per delta
 
 
 class ToolCallStream:
-    def __init__(self, tools_on: bool):
+    def __init__(self, tools_on: bool, dialect: Dialect | None = None):
         self.tools_on = tools_on
+        self.dialect = dialect or DIALECTS["hermes"]
         self.pos = 0
         self.content_parts: list[str] = []
         self.calls: list[dict[str, Any]] = []
@@ -54,6 +60,8 @@ class ToolCallStream:
             self._text(text[self.pos :], out)
             self.pos = max(self.pos, len(text))
             return out
+        if self.dialect.name != "hermes":
+            return self._feed_held(text, final, out)
         if self.pos == 0 and text.lstrip()[:1] in ("{", "["):
             if not final:
                 return out
@@ -99,3 +107,38 @@ class ToolCallStream:
                 self.malformed = True
                 self._text(block, out)
             self.pos += len(block)
+
+    def _feed_held(self, text: str, final: bool, out: list[dict]) -> list[dict]:
+        """Content up to the first start marker (or a JSON start at the very beginning), the rest parsed at the end."""
+        rest = text[self.pos :]
+        starts = [i for i in (rest.find(m) for m in self.dialect.start_markers) if i >= 0]
+        if self.pos == 0 and rest.lstrip()[:1] in ("{", "["):
+            starts.append(0)
+        if not starts and not final:
+            n = len(rest)
+            for m in self.dialect.start_markers:
+                for k in range(min(len(m) - 1, len(rest)), 0, -1):
+                    if m.startswith(rest[-k:]):
+                        n = min(n, len(rest) - k)
+                        break
+            self._text(rest[:n], out)
+            self.pos += n
+            return out
+        cut = min(starts) if starts else len(rest)
+        self._text(rest[:cut], out)
+        self.pos += cut
+        if not final:
+            return out
+        held = text[self.pos :]
+        self.pos = len(text)
+        if not held:
+            return out
+        parsed = self.dialect.parse(held)
+        if parsed.calls and not parsed.errors:
+            self._text(parsed.content, out)
+            for c in parsed.calls:
+                self._call(c.name, c.arguments, out)
+        else:
+            self.malformed = bool(parsed.errors)
+            self._text(held, out)
+        return out

@@ -1,0 +1,156 @@
+"""Tool-call dialects: each family's fixture template renders an assistant turn with parallel calls that the dialect
+(picked from the template) parses back to the same calls — whole and streamed; malformed calls are errors, not
+silence; and a rollout with a non-Hermes template is token-exact."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from agentrft.models.chat_templates import CHATML_TOOLS, GEMMA_TOOLS
+from agentrft.rollout.dialects import DIALECTS, dialect_for_template
+from agentrft.serve.streaming import ToolCallStream
+from dialect_templates import FIXTURES
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up a key.",
+                                           "parameters": {"type": "object", "properties": {"key": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "search", "description": "Search.",
+                                           "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+CALLS = [("lookup", {"key": "K1", "n": 2, "opts": {"deep": [1, "x"], "flag": True}}), ("search", {"q": "two words"})]
+
+
+def _tok(template: str, eos: str):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    t = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=eos)
+    t.chat_template = template
+    return t
+
+
+def _turn_text(template: str, eos: str, calls, content: str | None = None) -> str:
+    """The assistant turn's text as the template renders it (up to its end-of-turn token)."""
+    tok = _tok(template, eos)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Find K1 and search."}]
+    before = tok.apply_chat_template(msgs, tools=TOOLS, add_generation_prompt=True, tokenize=False)
+    turn = {"role": "assistant", "content": content or ""}
+    if calls:
+        turn["tool_calls"] = [{"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}}
+                              for i, (n, a) in enumerate(calls)]
+    full = tok.apply_chat_template(msgs + [turn], tools=TOOLS, add_generation_prompt=False, tokenize=False)
+    assert full.startswith(before), "fixture templates are append-only"
+    text = full[len(before):]
+    return text[: text.rindex(eos)]
+
+
+def test_dialect_is_chosen_from_the_template():
+    assert {name: dialect_for_template(t).name for name, (t, _) in FIXTURES.items()} == \
+        {name: name for name in FIXTURES}
+    assert dialect_for_template(CHATML_TOOLS).name == "hermes" and dialect_for_template(GEMMA_TOOLS).name == "hermes"
+    assert dialect_for_template(None).name == "hermes"
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+@pytest.mark.parametrize("calls", [CALLS, CALLS[:1]], ids=["parallel", "single"])
+def test_render_parse_round_trip(name, calls):
+    template, eos = FIXTURES[name]
+    d = dialect_for_template(template)
+    text = _turn_text(template, eos, calls)
+    parsed = d.parse(text)
+    assert not parsed.errors, (text, parsed.errors)
+    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == calls, text
+    # the other dialects do not read it as their own calls
+    for other in DIALECTS.values():
+        if other.name != name and other.name != "hermes" and name != "hermes":
+            assert not other.parse(text).calls or other.name == name
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+@pytest.mark.parametrize("step", [1, 3, 7])
+def test_streamed_deltas_reassemble_to_the_same_calls(name, step):
+    template, eos = FIXTURES[name]
+    d = dialect_for_template(template)
+    text = _turn_text(template, eos, CALLS)
+    s = ToolCallStream(True, d)
+    deltas = []
+    for i in range(step, len(text) + step, step):
+        deltas += s.feed(text[:i], final=i >= len(text))
+    calls: dict[int, dict] = {}
+    for dl in deltas:
+        for tc in dl.get("tool_calls", []):
+            c = calls.setdefault(tc["index"], {"name": "", "arguments": ""})
+            c["name"] += tc.get("function", {}).get("name", "")
+            c["arguments"] += tc.get("function", {}).get("arguments", "")
+    assert [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == CALLS
+    assert "".join(dl.get("content", "") for dl in deltas).strip() == ""
+    assert not s.malformed
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_plain_answers_and_malformed_calls(name):
+    template, eos = FIXTURES[name]
+    d = dialect_for_template(template)
+    text = _turn_text(template, eos, None, content="The answer is 42.")
+    p = d.parse(text)
+    assert p.is_final and p.content == "The answer is 42."
+    s = ToolCallStream(True, d)
+    streamed = s.feed(text[:5], final=False) + s.feed(text, final=True)
+    assert "".join(x.get("content", "") for x in streamed) == text and not s.calls
+    good = _turn_text(template, eos, CALLS[:1])
+    broken = good[: len(good) - 4]  # the call's end cut off
+    p = d.parse(broken)
+    assert p.errors and not p.calls, (name, broken, p)
+
+
+def test_qwen_xml_values_and_bare_functions():
+    p = DIALECTS["qwen_xml"].parse("<function=f>\n<parameter=a>\nhello world\n</parameter>\n<parameter=b>\n3\n"
+                                   "</parameter>\n</function>")
+    assert [(c.name, json.loads(c.arguments)) for c in p.calls] == [("f", {"a": "hello world", "b": 3})]
+    p = DIALECTS["qwen_xml"].parse("<tool_call>\n<function=f>\njunk\n</function>\n</tool_call>")
+    assert p.errors and not p.calls
+
+
+def test_mistral_v11_and_llama_python_tag():
+    p = DIALECTS["mistral"].parse('[TOOL_CALLS]lookup[ARGS]{"key": "K1"}[TOOL_CALLS]search[ARGS]{"q": "x"}')
+    assert [(c.name, json.loads(c.arguments)) for c in p.calls] == [("lookup", {"key": "K1"}), ("search", {"q": "x"})]
+    p = DIALECTS["llama3_json"].parse('<|python_tag|>{"name": "lookup", "parameters": {"key": "K1"}}')
+    assert [c.name for c in p.calls] == ["lookup"]
+    assert DIALECTS["llama3_json"].parse('{"answer": 1}').is_final  # JSON content is not a call
+
+
+def test_rollout_with_the_qwen_xml_template_is_token_exact(tokenizer, lookup_files):
+    """tests/test_token_exact.py's scripted multi-turn check, on a tokenizer with the Qwen-XML fixture template."""
+    from agentrft.data import load_dataset
+    from agentrft.policy.sampler import SamplingParams
+    from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
+    from agentrft.rollout.render import ChatRenderer
+    from agentrft.tools.router import build_router
+    from test_token_exact import RecordingSampler, ScriptedSampler, _check_spans
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = FIXTURES["qwen_xml"][0]
+    renderer = ChatRenderer(tok)
+    assert renderer.dialect.name == "qwen_xml"
+    rows = list(load_dataset(lookup_files["valid"]))[:2]
+    for r in rows:
+        r.item["table"] = {"K1": "red", "K2": "blue"}
+    rows[0].messages[-1]["content"] = "Q-A: What colors are K1 and K2?"
+    rows[1].messages[-1]["content"] = "Q-B: What color is K1?"
+
+    def xml(key: str) -> str:
+        return f"<tool_call>\n<function=lookup>\n<parameter=key>\n{key}\n</parameter>\n</function>\n</tool_call>\n"
+
+    scripts = {"Q-A": [xml("K1") + xml("K2"), "ANSWER: red, blue"],
+               "Q-B": [xml("K1")[:-25], xml("K1"), "ANSWER: red"]}  # a cut-off call first: an error turn
+    sampler = RecordingSampler(ScriptedSampler(tok, scripts))
+    router = build_router(["lookup_task:lookup"], timeout_s=5, max_workers=4)
+    loop = AgentLoop(sampler, renderer, router, limits=RolloutLimits(max_turns=6, max_episode_steps=4))
+    a, b = loop.run([RolloutTask(row=r, seed=i) for i, r in enumerate(rows)], SamplingParams())
+    assert a.outcome == "completed" and a.final_text == "ANSWER: red, blue"
+    assert [c.output for c in a.tool_calls] == ["K1 is red", "K2 is blue"]
+    assert b.turns[0].parse_error and b.outcome == "completed" and [c.output for c in b.tool_calls] == ["K1 is red"]
+    # the error message shows the dialect's own call format
+    assert any("<function=TOOL>" in (m.get("content") or "") for m in b.messages if m.get("role") == "tool")
+    _check_spans([a, b], sampler.calls)
