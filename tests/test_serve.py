@@ -306,3 +306,12 @@ def test_rate_limit_and_bind_refusal(server, tool_model):
         check_bind(ServeConfig(model="m", host="0.0.0.0"))
     check_bind(ServeConfig(model="m", host="0.0.0.0", token="t"))
     check_bind(ServeConfig(model="m", host="::1"))
+
+
+def test_stream_logprobs_match_non_streamed(client):
+    kw = dict(model="tool", messages=h.PLAIN, temperature=0, max_tokens=20, logprobs=True)
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    plain = client.chat.completions.create(**kw).choices[0].logprobs.content
+    assert [t.token for t in streamed] == [t.token for t in plain]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in plain], abs=1e-6)

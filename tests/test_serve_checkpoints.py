@@ -229,3 +229,39 @@ def test_traces_in_the_store(store_url, env):
     assert t["prompt_tokens"] == r.usage.prompt_tokens and t["completion_tokens"] == r.usage.completion_tokens
     assert t["tool_calls"][0]["function"]["arguments"] == r.choices[0].message.tool_calls[0].function.arguments
     assert t["choices"][0]["finish_reason"] == "tool_calls" and t["tools"] == h.TOOLS
+
+
+def test_checkpoints_of_a_training_run_served_while_the_server_runs(env, lookup_files, tmp_path):
+    """A real `train` (LoRA, evals every step) writes checkpoints into the store of a server that is already running:
+    each is listed and answers with exactly its own weights, without a restart."""
+    import lookup_task
+    from agentrft.config import parse_config
+    from agentrft.rl.trainer import train
+
+    cfg = parse_config({
+        "name": "Served Run", "model": str(env["tool"]), "training_file": str(lookup_files["train"]),
+        "validation_file": str(lookup_files["valid"]), "tools": ["lookup_task:lookup"], "grader": lookup_task.GRADER,
+        "output_dir": str(tmp_path / "runs"),
+        "hyperparameters": {"max_steps": 2, "batch_size": 2, "group_size": 2, "eval_interval": 1, "eval_samples": 1,
+                            "max_new_tokens": 8, "max_turns": 2, "learning_rate": 5e-2, "seed": 1,
+                            "keep_checkpoints": 3, "lora": {"r": 4, "alpha": 16}},
+    }, base_dir=tmp_path)
+    app = create_app(ServeConfig(model=str(env["tool"]), model_name="tool", store=cfg.store_url, slots=2))
+    try:
+        with BackgroundServer(app) as srv:
+            c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
+            assert [m.id for m in c.models.list().data] == ["tool"]
+            run = train(cfg, progress=False)
+            store = RunStore(cfg.store_url)
+            kept = [k for k in store.checkpoints(run) if k["kept"]]
+            assert len(kept) >= 2
+            ids = [m.id for m in c.models.list().data]
+            for k in kept:
+                mid = f"ft:tool:served-run:{run}:ckpt-step-{k['step']}"
+                assert mid in ids
+                got, fp = _ids(c, mid, env["prompt"])
+                assert fp == k["id"]
+                assert got == h.greedy_ids(k["path"], env["prompt"], N)
+            assert f"ft:tool:served-run:{run}" in ids
+    finally:
+        app.state.serve.close()
