@@ -94,7 +94,8 @@ def greedy_ids(model_dir: Path, prompt: list[int], n: int) -> list[int]:
     """What the rollout engine samples greedily for ``prompt`` from the weights in ``model_dir`` (a model or an
     adapter directory), loaded independently of any server."""
     from agentrft.policy.learner import load_model_and_tokenizer
-    from agentrft.policy.sampler import SamplingParams, TransformersSampler
+    from agentrft.policy.sampling import SamplingParams
+    from agentrft.policy.transformers_sampler import TransformersSampler
     from agentrft.rollout.render import ChatRenderer
 
     model, tok = load_model_and_tokenizer(str(model_dir))

@@ -123,7 +123,7 @@ def test_mistral_v11_and_llama_python_tag():
 def test_rollout_with_the_qwen_xml_template_is_token_exact(tokenizer, lookup_files):
     """tests/test_token_exact.py's scripted multi-turn check, on a tokenizer with the Qwen-XML fixture template."""
     from agentrft.data import load_dataset
-    from agentrft.policy.sampler import SamplingParams
+    from agentrft.policy.sampling import SamplingParams
     from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
     from agentrft.rollout.render import ChatRenderer
     from agentrft.tools.router import build_router

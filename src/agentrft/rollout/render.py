@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentrft.rollout.dialects import dialect_for_template
+
 
 class TemplateError(RuntimeError):
     """The chat template cannot be used token-exactly (e.g. it rewrites earlier turns)."""
@@ -36,8 +38,6 @@ class ChatRenderer:
         self.eos_text: str = eos
         self.eos_id: int = tokenizer.convert_tokens_to_ids(eos)
         self.stop_ids: set[int] = {self.eos_id}
-        from agentrft.rollout.dialects import dialect_for_template
-
         # how this model writes tool calls, read from its template (rollouts and the server parse with it)
         self.dialect = dialect_for_template(tokenizer.chat_template)
 
