@@ -154,3 +154,11 @@ def test_rollout_with_the_qwen_xml_template_is_token_exact(tokenizer, lookup_fil
     # the error message shows the dialect's own call format
     assert any("<function=TOOL>" in (m.get("content") or "") for m in b.messages if m.get("role") == "tool")
     _check_spans([a, b], sampler.calls)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES) + ["hermes"])
+def test_forced_call_prefix_is_how_the_template_starts_a_call(name):
+    template, eos = FIXTURES[name] if name != "hermes" else (CHATML_TOOLS, "<|im_end|>")
+    d = dialect_for_template(template)
+    text = _turn_text(template, eos, CALLS[:1])
+    assert text.startswith(d.forced_prefix(None)) and text.startswith(d.forced_prefix("lookup")), (text, d)

@@ -315,3 +315,21 @@ def test_stream_logprobs_match_non_streamed(client):
     plain = client.chat.completions.create(**kw).choices[0].logprobs.content
     assert [t.token for t in streamed] == [t.token for t in plain]
     assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in plain], abs=1e-6)
+
+
+def test_tool_choice_required_and_named_start_the_turn_as_a_call(client, server):
+    renderer = server.state.manager.base.renderer
+    free = _chat(client, h.ONE, tools=h.TOOLS)
+    named = _chat(client, h.ONE, tools=h.TOOLS, tool_choice={"type": "function", "function": {"name": "lookup"}})
+    prefix = renderer.dialect.forced_prefix("lookup")
+    assert prefix.startswith("<tool_call>") and '"lookup"' in prefix
+    assert named.usage.prompt_tokens == free.usage.prompt_tokens + len(renderer.encode(prefix))
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in named.choices[0].message.tool_calls] == \
+        [("lookup", {"key": "K3"})]
+    # after the tool result the model answers in text; "required" starts the turn as a call instead
+    first = free.choices[0].message
+    msgs = h.ONE + [first.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "K3 is red"}]
+    assert _chat(client, msgs, tools=h.TOOLS).choices[0].message.content == "ANSWER: red"
+    forced = _chat(client, msgs, tools=h.TOOLS, tool_choice="required", max_tokens=30).choices[0].message
+    assert forced.tool_calls or (forced.content or "").startswith("<tool_call>")  # a call (well-formed or not)

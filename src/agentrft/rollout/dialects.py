@@ -34,6 +34,13 @@ class Dialect:
     start_markers: tuple[str, ...]
     # how to tell the model to write a call (shown after a malformed one)
     example: str
+    # the start of a call, to force one (``tool_choice``): ``{name}`` is filled with the function's name
+    call_prefix: str = ""
+    named_prefix: str = ""
+
+    def forced_prefix(self, name: str | None) -> str:
+        """Text that starts an assistant turn so that it is a call (to ``name``, or to any tool when None)."""
+        return self.named_prefix.format(name=name) if name is not None else self.call_prefix
 
 
 # ---- Qwen XML ---------------------------------------------------------------------------------------------------
@@ -172,12 +179,15 @@ def parse_mistral(text: str) -> ParsedTurn:
 
 DIALECTS: dict[str, Dialect] = {
     "hermes": Dialect("hermes", parse_turn, ("<tool_call>",),
-                      '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'),
+                      '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>',
+                      "<tool_call>", '<tool_call>{{"name": "{name}", "arguments": '),
     "qwen_xml": Dialect("qwen_xml", parse_qwen_xml, ("<tool_call>", "<function="),
-                        "<tool_call>\n<function=TOOL>\n<parameter=NAME>\nVALUE\n</parameter>\n</function>\n</tool_call>"),
+                        "<tool_call>\n<function=TOOL>\n<parameter=NAME>\nVALUE\n</parameter>\n</function>\n</tool_call>",
+                        "<tool_call>\n<function=", "<tool_call>\n<function={name}>\n"),
     "llama3_json": Dialect("llama3_json", parse_llama3_json, (_PYTHON_TAG,),
-                           '{"name": "<tool>", "parameters": {...}}'),
-    "mistral": Dialect("mistral", parse_mistral, (_TC,), '[TOOL_CALLS][{"name": "<tool>", "arguments": {...}}]'),
+                           '{"name": "<tool>", "parameters": {...}}', '{"name": "', '{{"name": "{name}", "parameters": '),
+    "mistral": Dialect("mistral", parse_mistral, (_TC,), '[TOOL_CALLS][{"name": "<tool>", "arguments": {...}}]',
+                       '[TOOL_CALLS][{"name": "', '[TOOL_CALLS][{{"name": "{name}", "arguments": '),
 }
 
 

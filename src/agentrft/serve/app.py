@@ -35,6 +35,7 @@ from agentrft.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     LoadLoraRequest,
+    NamedToolChoice,
     UnloadLoraRequest,
 )
 from agentrft.serve.streaming import ToolCallStream
@@ -338,6 +339,13 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         except Exception as e:  # noqa: BLE001 - jinja raises many kinds (TemplateError, UndefinedError, TypeError)
             raise APIError(422, f"the model's chat template cannot render these messages: {type(e).__name__}: {e}",
                            param="messages") from None
+        # tool_choice "required" / a named function: the turn is started with the dialect's call prefix (given to the
+        # model as prompt tokens, returned as part of the answer's text), so it can only continue as a call
+        forced = ""
+        if req.tool_choice == "required" or isinstance(req.tool_choice, NamedToolChoice):
+            name = req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
+            forced = target.renderer.dialect.forced_prefix(name)
+            prompt = list(prompt) + target.renderer.encode(forced)
         max_tokens = req.max_completion_tokens or req.max_tokens
         mt, reserved = check_limits(request, target, [len(prompt)], max_tokens, req.n)
         params = sampling_params(req.temperature, req.top_p, mt)
@@ -366,14 +374,14 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
 
         if req.stream:
             return StreamingResponse(
-                _chat_stream(request, target, req, gens, cid, created, offered is not None, finish),
+                _chat_stream(request, target, req, gens, cid, created, offered is not None, finish, forced),
                 media_type="text/event-stream", headers={**hdrs, "Cache-Control": "no-cache"})
 
         await run_all(request, target, gens)
         choices, all_calls = [], []
         for i, r in enumerate(gens):
             ids, text = output_text(target, r)
-            msg, calls, malformed = _assistant_message(text, offered is not None, target.renderer.parse)
+            msg, calls, malformed = _assistant_message(forced + text, offered is not None, target.renderer.parse)
             if malformed:
                 st.metrics.malformed(req.model)
             fr = "tool_calls" if calls else ("length" if r.finish_reason == "length" and r.stop_text_end is None
@@ -390,7 +398,8 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         return JSONResponse(body, headers=hdrs)
 
     async def _chat_stream(request: Request, target: Target, req: ChatCompletionRequest, gens: list[GenRequest],
-                           cid: str, created: int, tools_on: bool, finish: Any) -> AsyncIterator[bytes]:
+                           cid: str, created: int, tools_on: bool, finish: Any, forced: str = ""
+                           ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         for idx, r in enumerate(gens):
@@ -437,7 +446,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                         text = target.tokenizer.decode(snap, skip_special_tokens=False)
                         if r.stop_text_end is not None:
                             text = text[: r.stop_text_end]
-                    deltas = streams[i].feed(text, final=done)
+                    deltas = streams[i].feed(forced + text, final=done)
                     lp = None
                     if req.logprobs and (deltas or done):
                         upto = len(ids) if done else max(0, len(snap) - 1)
