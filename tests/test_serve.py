@@ -333,3 +333,28 @@ def test_tool_choice_required_and_named_start_the_turn_as_a_call(client, server)
     assert _chat(client, msgs, tools=h.TOOLS).choices[0].message.content == "ANSWER: red"
     forced = _chat(client, msgs, tools=h.TOOLS, tool_choice="required", max_tokens=30).choices[0].message
     assert forced.tool_calls or (forced.content or "").startswith("<tool_call>")  # a call (well-formed or not)
+
+
+def test_content_parts_developer_role_and_limits(client, server):
+    parts = [{"role": "developer", "content": [{"type": "text", "text": h.SYSTEM}]},
+             {"role": "user", "content": [{"type": "text", "text": "What color "}, {"type": "text", "text": "is K3?"}]}]
+    r = _chat(client, parts, tools=h.TOOLS)
+    assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {"key": "K3"}  # rendered like ONE
+    with pytest.raises(openai.BadRequestError) as e:
+        _chat(client, h.PLAIN, n=17)
+    assert e.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as e:  # a tool call whose arguments are not a JSON object
+        _chat(client, h.ONE + [{"role": "assistant", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "not json"}}]}])
+    assert "arguments" in e.value.message
+    text = httpx.get(server.base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert 'agentrft_requests_total{endpoint="chat.completions",model="",status="400"}' in text
+
+
+def test_refused_requests_are_traced_too(client, server):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=h.PLAIN, extra_headers={"X-Trace-Id": "refused-1"},
+                                       user="zed")
+    server.state.traces.flush()
+    (t,) = server.state.store.traces(trace_id="refused-1")
+    assert t["status"] == 404 and "nope" in t["error"] and t["user"] == "zed" and t["messages"][0]["content"]

@@ -111,9 +111,32 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
     app.state.serve = st
 
     # ---- errors: always OpenAI-shaped ----------------------------------------------------------------------
+    def _count_error(request: Request, status: int) -> None:
+        ep = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}.get(request.url.path)
+        if ep is not None:
+            st.metrics.request(ep, "", status)
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
+        _count_error(request, e.status)
+        _trace_error(request, e)
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    def _trace_error(request: Request, e: APIError) -> None:
+        """A refused request whose body was readable is a trace too (status and message), so production traffic
+        in the store includes what was refused."""
+        body = getattr(request.state, "chat_body", None)
+        if body is None or st.traces is None:
+            return
+        tid = (request.headers.get(TRACE_HEADER) or "").strip()[:200] or f"trace_{uuid.uuid4().hex}"
+        is_chat = isinstance(body, ChatCompletionRequest)
+        msgs = [m.model_dump(exclude_none=True) for m in body.messages] if is_chat else []
+        record(request_id=f"req_{uuid.uuid4().hex}", trace_id=tid,
+               endpoint="chat.completions" if is_chat else "completions", model=body.model, checkpoint_id="",
+               status=e.status, error=e.message[:2000], messages=msgs,
+               tools=[t.model_dump(exclude_none=True) for t in body.tools] if is_chat and body.tools else None,
+               params={}, choices=[], tool_calls=[], prompt_tokens=0, completion_tokens=0, latency_s=0.0,
+               user=body.user, metadata=body.metadata or {})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -141,6 +164,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
             if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), cfg.token.encode()):
                 e = APIError(401, "Incorrect API key provided" if auth else "Missing bearer token (Authorization: "
                              "Bearer <token>)", code="invalid_api_key")
+                _count_error(request, 401)
                 return JSONResponse(e.body(), status_code=401)
         length = request.headers.get("content-length")
         if length is not None:
@@ -151,6 +175,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
             if too_big:
                 e = APIError(413, f"request body of {length} bytes exceeds the limit of {cfg.max_body_bytes} bytes",
                              code="request_too_large")
+                _count_error(request, 413)
                 return JSONResponse(e.body(), status_code=413)
         return await call_next(request)
 
@@ -170,7 +195,10 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object")
         try:
-            return model.model_validate(data)
+            obj = model.model_validate(data)
+            if isinstance(obj, (ChatCompletionRequest, CompletionRequest)):
+                request.state.chat_body = obj  # for the trace of a request refused after this point
+            return obj
         except ValidationError as e:
             msg, param = validation_message(e.errors(include_url=False))
             raise APIError(400, msg, param=param) from None
