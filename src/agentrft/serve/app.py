@@ -45,6 +45,7 @@ log = logging.getLogger("agentrft.serve")
 
 CHECKPOINT_HEADER = "X-Agentrft-Checkpoint"
 TRACE_HEADER = "X-Trace-Id"
+MAX_PROMPTS = 256  # prompts in one /v1/completions request
 
 
 class TraceWriter:
@@ -256,7 +257,11 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
 
     def check_limits(request: Request, target: Target, prompt_lens: list[int], max_tokens: int | None,
                      n: int) -> tuple[int, int]:
-        """``(max new tokens per choice, tokens reserved)``; raises 400/429."""
+        """``(max new tokens per choice, tokens reserved)`` for ``n`` choices of each prompt; raises 400/429."""
+        if n > cfg.max_n:
+            raise APIError(400, f"n={n} exceeds this server's limit of {cfg.max_n}", param="n")
+        if len(prompt_lens) > MAX_PROMPTS:
+            raise APIError(400, f"{len(prompt_lens)} prompts in one request; at most {MAX_PROMPTS}", param="prompt")
         ctx = target.worker.context
         longest = max(prompt_lens)
         if longest >= ctx:
@@ -268,10 +273,8 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         if max_tokens is not None and longest + max_tokens > ctx:
             raise APIError(400, f"This model's maximum context length is {ctx} tokens; the prompt has {longest} and "
                            f"max_tokens asks for {max_tokens} more", param="max_tokens", code="context_length_exceeded")
-        if n > cfg.max_n:
-            raise APIError(400, f"n={n} exceeds this server's limit of {cfg.max_n}", param="n")
         mt = max_tokens if max_tokens is not None else min(cfg.default_max_tokens, ctx - longest)
-        reserve = sum(prompt_lens) + mt * n * len(prompt_lens) // max(1, len(prompt_lens))
+        reserve = sum(prompt_lens) + mt * n * len(prompt_lens)
         if st.limiter is not None:
             wait = st.limiter.reserve(client_key(request), reserve)
             if wait is not None:
@@ -537,7 +540,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                 prompts.append(list(p))
             if not prompts[-1]:
                 raise APIError(400, f"prompt {j} is empty", param="prompt")
-        mt, reserved = check_limits(request, target, [len(p) for p in prompts], req.max_tokens, req.n * len(prompts))
+        mt, reserved = check_limits(request, target, [len(p) for p in prompts], req.max_tokens, req.n)
         params = sampling_params(req.temperature, req.top_p, mt)
         top = req.logprobs or 0
         ss = seeds(req.seed, req.n)
