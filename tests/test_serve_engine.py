@@ -97,3 +97,39 @@ def test_served_tokens_equal_the_rollout_engine_for_prompt_and_seed(tiny_model, 
     n = len(lp)
     assert lp == pytest.approx(want[3].logprobs[:n], abs=1e-4)
     assert chat.usage.prompt_tokens == len(prompt) and chat.usage.completion_tokens == len(want[3].ids)
+
+
+def test_architectures_without_the_engine_are_served_through_generate(tiny_model, tmp_path):
+    """Mistral has no continuous-batching decode forward: the server falls back to the sampler's batched generate
+    (the rollouts' path for it), with the same tokens as that path for a prompt and seed."""
+    import transformers as tf
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    cfg = tf.MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           eos_token_id=tok.convert_tokens_to_ids(tok.eos_token), pad_token_id=tok.pad_token_id,
+                           tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = tf.MistralForCausalLM(cfg).float().eval()
+    out = tmp_path / "mistral"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    assert not SlotEngine.supports(model)
+    app = create_app(ServeConfig(model=str(out), model_name="mis", slots=4, record_traces=False))
+    mgr = app.state.serve.manager
+    prompt = mgr.base.renderer.prompt_ids(h.PLAIN, None)
+    sampler = TransformersSampler(mgr.base.model, stop_ids=mgr.base.stop_ids, pad_id=mgr.base.pad_id)
+    want = sampler.generate([prompt], SamplingParams(temperature=0.9, max_new_tokens=12),
+                            [torch.Generator().manual_seed(5)], limits=[12])[0]
+    try:
+        with BackgroundServer(app) as srv:
+            c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
+            r = c.completions.create(model="mis", prompt=prompt, max_tokens=12, temperature=0.9, seed=5, logprobs=0,
+                                     extra_body={"return_token_ids": True})
+            chats = [c.chat.completions.create(model="mis", messages=h.PLAIN, max_tokens=6, seed=i, n=2)
+                     for i in range(2)]
+    finally:
+        app.state.serve.close()
+    assert r.choices[0].model_dump()["token_ids"] == want.ids
+    assert r.choices[0].logprobs.token_logprobs == pytest.approx(want.logprobs, abs=1e-4)
+    assert all(len(ch.choices) == 2 and ch.usage.completion_tokens > 0 for ch in chats)

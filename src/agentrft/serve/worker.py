@@ -29,6 +29,7 @@ import torch
 
 from agentrft.policy.sampling import SamplingParams
 from agentrft.policy.transformers_sampler import TransformersSampler
+from agentrft.serve.fallback import GenerateEngine
 
 log = logging.getLogger("agentrft.serve")
 
@@ -189,10 +190,10 @@ class Worker:
         if eng is None:
             self._activate(variant)
             # one engine-wide default; every request feeds its own params
-            eng = self.sampler.slot_engine(SamplingParams(max_new_tokens=self.context), slots=self.slots)
-            if eng is None:
-                raise RuntimeError(f"{type(self.model).__name__}: the continuous-batching engine does not cover this "
-                                   "architecture")
+            params = SamplingParams(max_new_tokens=self.context)
+            eng = self.sampler.slot_engine(params, slots=self.slots)
+            if eng is None:  # an architecture the engine does not cover: batched HF generate
+                eng = GenerateEngine(self.sampler, params=params, slots=self.slots)
             # (built while the variant is active: its packed weights fold in that adapter, or none)
             self.engines[variant] = eng
             self.slot_req[variant] = {}
