@@ -120,9 +120,17 @@ def test_mistral_v11_and_llama_python_tag():
     assert DIALECTS["llama3_json"].parse('{"answer": 1}').is_final  # JSON content is not a call
 
 
-def test_rollout_with_the_qwen_xml_template_is_token_exact(tokenizer, lookup_files):
-    """tests/test_token_exact.py's scripted multi-turn check, on a tokenizer with the Qwen-XML fixture template."""
+def test_rollout_with_the_qwen_xml_template_is_token_exact(tiny_model, tokenizer, lookup_files):
+    """tests/test_token_exact.py's checks on a tokenizer with the Qwen-XML fixture template: every assistant span is
+    what the sampler returned for exactly the preceding prefix, the mask is 1 only there, and the learner's
+    teacher-forced log-probs at those positions reproduce the sampler's. The turns are scripted (parallel XML calls,
+    a cut-off call, answers) and their log-probs are the model's own for those tokens, computed on the sampler's
+    side from the prefix it was given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     from agentrft.data import load_dataset
+    from agentrft.policy.learner import Learner
     from agentrft.policy.sampling import SamplingParams
     from agentrft.rollout.agent import AgentLoop, RolloutLimits, RolloutTask
     from agentrft.rollout.render import ChatRenderer
@@ -144,7 +152,18 @@ def test_rollout_with_the_qwen_xml_template_is_token_exact(tokenizer, lookup_fil
 
     scripts = {"Q-A": [xml("K1") + xml("K2"), "ANSWER: red, blue"],
                "Q-B": [xml("K1")[:-25], xml("K1"), "ANSWER: red"]}  # a cut-off call first: an error turn
-    sampler = RecordingSampler(ScriptedSampler(tok, scripts))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+
+    class ModelScored(ScriptedSampler):
+        def generate(self, prompts, params, generators, limits=None):
+            outs = super().generate(prompts, params, generators, limits)
+            for prompt, g in zip(prompts, outs):
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([prompt + g.ids])).logits[0, len(prompt) - 1 : -1]
+                g.logprobs = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(g.ids)[:, None])[:, 0].tolist()
+            return outs
+
+    sampler = RecordingSampler(ModelScored(tok, scripts))
     router = build_router(["lookup_task:lookup"], timeout_s=5, max_workers=4)
     loop = AgentLoop(sampler, renderer, router, limits=RolloutLimits(max_turns=6, max_episode_steps=4))
     a, b = loop.run([RolloutTask(row=r, seed=i) for i, r in enumerate(rows)], SamplingParams())
@@ -154,6 +173,11 @@ def test_rollout_with_the_qwen_xml_template_is_token_exact(tokenizer, lookup_fil
     # the error message shows the dialect's own call format
     assert any("<function=TOOL>" in (m.get("content") or "") for m in b.messages if m.get("role") == "tool")
     _check_spans([a, b], sampler.calls)
+    learner = Learner(model, lora=None, learning_rate=1e-4, micro_batch_size=4, pad_id=tok.pad_token_id)
+    for t, lp in zip([a, b], learner.score([a.token_ids, b.token_ids])):
+        sampled = [i for i, m in enumerate(t.loss_mask) if m]
+        assert len(sampled) > 20
+        assert max(abs(lp[i] - t.logprobs[i]) for i in sampled) < 1e-4
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES) + ["hermes"])
