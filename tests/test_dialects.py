@@ -186,3 +186,16 @@ def test_forced_call_prefix_is_how_the_template_starts_a_call(name):
     d = dialect_for_template(template)
     text = _turn_text(template, eos, CALLS[:1])
     assert text.startswith(d.forced_prefix(None)) and text.startswith(d.forced_prefix("lookup")), (text, d)
+
+
+def test_dialect_can_be_named_instead_of_read_from_the_template(tokenizer):
+    from agentrft.rollout.render import ChatRenderer
+    from agentrft.serve.config import ServeConfig
+
+    assert ChatRenderer(tokenizer).dialect.name == "hermes"
+    r = ChatRenderer(tokenizer, dialect="llama3_json")
+    assert r.dialect.name == "llama3_json" and r.parse('{"name": "f", "parameters": {}}').calls[0].name == "f"
+    with pytest.raises(ValueError, match="known: hermes"):
+        ChatRenderer(tokenizer, dialect="klingon")
+    with pytest.raises(ValueError, match="unknown tool-call dialect"):
+        ServeConfig(model="m", tool_call_dialect="klingon")

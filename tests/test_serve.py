@@ -358,3 +358,14 @@ def test_refused_requests_are_traced_too(client, server):
     server.state.traces.flush()
     (t,) = server.state.store.traces(trace_id="refused-1")
     assert t["status"] == 404 and "nope" in t["error"] and t["user"] == "zed" and t["messages"][0]["content"]
+
+
+def test_parallel_tool_calls_false_keeps_one_call(client):
+    r = _chat(client, h.TWO, tools=h.TOOLS, parallel_tool_calls=False)
+    assert [json.loads(c.function.arguments) for c in r.choices[0].message.tool_calls] == [{"key": "K1"}]
+    with client.chat.completions.stream(model="tool", messages=h.TWO, tools=h.TOOLS, temperature=0, max_tokens=60,
+                                        parallel_tool_calls=False) as s:
+        for _ in s:
+            pass
+        calls = s.get_final_completion().choices[0].message.tool_calls
+    assert [json.loads(c.function.arguments) for c in calls] == [{"key": "K1"}]

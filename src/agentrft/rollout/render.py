@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentrft.rollout.dialects import dialect_for_template
+from agentrft.rollout.dialects import dialect_for_template, get_dialect
 
 
 class TemplateError(RuntimeError):
@@ -25,7 +25,9 @@ class TemplateError(RuntimeError):
 
 
 class ChatRenderer:
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, *, dialect: str | None = None):
+        """``dialect`` names the tool-call dialect (``agentrft.rollout.dialects``) instead of reading it from the
+        chat template."""
         self.tok = tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError(
@@ -39,7 +41,7 @@ class ChatRenderer:
         self.eos_id: int = tokenizer.convert_tokens_to_ids(eos)
         self.stop_ids: set[int] = {self.eos_id}
         # how this model writes tool calls, read from its template (rollouts and the server parse with it)
-        self.dialect = dialect_for_template(tokenizer.chat_template)
+        self.dialect = get_dialect(dialect) if dialect else dialect_for_template(tokenizer.chat_template)
 
     def parse(self, text: str):  # noqa: ANN201 - agentrft.rollout.parse.ParsedTurn
         """Tool calls and content of a sampled assistant turn, in this model's dialect."""

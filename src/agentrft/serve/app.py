@@ -413,6 +413,9 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         for i, r in enumerate(gens):
             ids, text = output_text(target, r)
             msg, calls, malformed = _assistant_message(forced + text, offered is not None, target.renderer.parse)
+            if req.parallel_tool_calls is False and len(calls) > 1:  # the client allows one call per turn
+                calls = calls[:1]
+                msg["tool_calls"] = calls
             if malformed:
                 st.metrics.malformed(req.model)
             fr = "tool_calls" if calls else ("length" if r.finish_reason == "length" and r.stop_text_end is None
@@ -445,7 +448,8 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                 body["usage"] = usage
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
-        streams = [ToolCallStream(tools_on, target.renderer.dialect) for _ in gens]
+        streams = [ToolCallStream(tools_on, target.renderer.dialect, 1 if req.parallel_tool_calls is False else None)
+                   for _ in gens]
         sent_lp = [0] * len(gens)
         open_ = set(range(len(gens)))
         choices_out: list[dict] = [{} for _ in gens]

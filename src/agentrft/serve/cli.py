@@ -29,6 +29,9 @@ def register(app: Any) -> None:
         max_tokens_cap: Optional[int] = typer.Option(None, "--max-tokens-cap", help="largest max_tokens allowed"),
         rate_limit_tpm: Optional[int] = typer.Option(None, "--rate-limit-tpm", help="tokens/minute per API key"),
         no_traces: bool = typer.Option(False, "--no-traces", help="do not record requests in the store"),
+        tool_call_dialect: Optional[str] = typer.Option(None, "--tool-call-dialect",
+                                                        help="hermes | qwen_xml | llama3_json | mistral (default: "
+                                                        "from the chat template)"),
     ) -> None:
         """Serve the base model and every checkpoint over the OpenAI API (chat completions, completions)."""
         from agentrft.cli import _quiet_libraries, err, user_errors
@@ -40,7 +43,7 @@ def register(app: Any) -> None:
         flags = {"model": model, "host": host, "port": port, "token": token or os.environ.get("AGENTRFT_TOKEN") or None,
                  "model_name": model_name, "store": store, "slots": slots, "max_loras": max_loras,
                  "max_model_memory_mb": max_model_memory_mb, "max_tokens_cap": max_tokens_cap,
-                 "rate_limit_tpm": rate_limit_tpm}
+                 "rate_limit_tpm": rate_limit_tpm, "tool_call_dialect": tool_call_dialect}
         if no_traces:
             flags["record_traces"] = False
         with user_errors():

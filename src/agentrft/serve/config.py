@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agentrft.config import ConfigError, _format_errors, parse_config, read_yaml
 
@@ -31,6 +31,17 @@ class ServeConfig(BaseModel):
     rate_limit_tpm: int | None = Field(None, ge=1, description="tokens per minute per API key / client (429 beyond)")
     record_traces: bool = Field(True, description="record every request as a trace in the store")
     loras: dict[str, str] = Field(default_factory=dict, description="adapter name → path, servable by name")
+    tool_call_dialect: str | None = Field(None, description="hermes | qwen_xml | llama3_json | mistral (default: "
+                                          "read from each model's chat template)")
+
+    @field_validator("tool_call_dialect")
+    @classmethod
+    def _dialect(cls, v: str | None) -> str | None:
+        if v is not None:
+            from agentrft.rollout.dialects import get_dialect
+
+            get_dialect(v)  # ValueError naming the known ones
+        return v
 
 
 def is_loopback(host: str) -> bool:

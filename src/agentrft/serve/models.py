@@ -81,7 +81,7 @@ class ModelManager:
 
     # ---- workers -----------------------------------------------------------------------------------------
     def _worker(self, model: Any, tok: Any, *, checkpoint: str, name: str) -> Worker:
-        renderer = ChatRenderer(tok)
+        renderer = ChatRenderer(tok, dialect=self.cfg.tool_call_dialect)
         pad = tok.pad_token_id if tok.pad_token_id is not None else renderer.eos_id
         w = Worker(model, tok, stop_ids=renderer.stop_ids, pad_id=pad, slots=self.cfg.slots, checkpoint=checkpoint,
                    name=name, metrics=self.metrics)

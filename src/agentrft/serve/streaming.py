@@ -25,9 +25,10 @@ ARG_PIECE = 16  # characters of arguments per delta
 
 
 class ToolCallStream:
-    def __init__(self, tools_on: bool, dialect: Dialect | None = None):
+    def __init__(self, tools_on: bool, dialect: Dialect | None = None, max_calls: int | None = None):
         self.tools_on = tools_on
         self.dialect = dialect or DIALECTS["hermes"]
+        self.max_calls = max_calls  # parallel_tool_calls: false → 1 (later calls are dropped)
         self.pos = 0
         self.content_parts: list[str] = []
         self.calls: list[dict[str, Any]] = []
@@ -43,6 +44,8 @@ class ToolCallStream:
             out.append({"content": s})
 
     def _call(self, name: str, arguments: str, out: list[dict]) -> None:
+        if self.max_calls is not None and len(self.calls) >= self.max_calls:
+            return
         k = len(self.calls)
         cid = f"call_{uuid.uuid4().hex[:24]}"
         self.calls.append({"id": cid, "type": "function", "function": {"name": name, "arguments": arguments}})
