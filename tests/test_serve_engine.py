@@ -133,3 +133,25 @@ def test_architectures_without_the_engine_are_served_through_generate(tiny_model
     assert r.choices[0].model_dump()["token_ids"] == want.ids
     assert r.choices[0].logprobs.token_logprobs == pytest.approx(want.logprobs, abs=1e-4)
     assert all(len(ch.choices) == 2 and ch.usage.completion_tokens > 0 for ch in chats)
+
+
+def test_an_engine_failure_is_a_503_and_the_server_keeps_serving(tiny_model):
+    app = create_app(ServeConfig(model=str(tiny_model), model_name="tiny", slots=2, record_traces=False))
+    worker = app.state.serve.manager.base
+    real = worker.sampler.slot_engine
+
+    def broken(*a, **k):
+        raise RuntimeError("no memory for the KV cache")
+
+    worker.sampler.slot_engine = broken
+    try:
+        with BackgroundServer(app) as srv:
+            c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=60)
+            with pytest.raises(openai.InternalServerError) as e:
+                c.chat.completions.create(model="tiny", messages=h.PLAIN, max_tokens=3, n=3)
+            assert e.value.status_code == 503 and "no memory for the KV cache" in e.value.message
+            worker.sampler.slot_engine = real
+            r = c.chat.completions.create(model="tiny", messages=h.PLAIN, max_tokens=3)
+            assert r.usage.completion_tokens > 0
+    finally:
+        app.state.serve.close()

@@ -214,7 +214,8 @@ class Worker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._queue and not self._ops and self.active() == 0:
+                while (not self._stopping and not self._queue and not self._ops and self.active() == 0
+                       and not any(self.waiting.values())):
                     self._cond.wait()
                 if self._stopping:
                     break
@@ -242,6 +243,9 @@ class Worker:
                         self._fail(req, e)
                         self.engines[variant].release(slot)
                     self.slot_req[variant] = {}
+                for q in self.waiting.values():  # (e.g. the engine could not be built: nothing would admit them)
+                    while q:
+                        self._fail(q.popleft(), e)
         for variant, reqs in self.slot_req.items():
             for req in reqs.values():
                 self._fail(req, RuntimeError("server shutting down"))
