@@ -369,3 +369,11 @@ def test_parallel_tool_calls_false_keeps_one_call(client):
             pass
         calls = s.get_final_completion().choices[0].message.tool_calls
     assert [json.loads(c.function.arguments) for c in calls] == [{"key": "K1"}]
+
+
+def test_stream_never_sends_text_past_a_stop_string(client):
+    for stop in (["lo"], ["o t"], ["ere"]):
+        chunks = list(client.chat.completions.create(model="tool", messages=h.PLAIN, temperature=0, max_tokens=20,
+                                                      stop=stop, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == _chat(client, h.PLAIN, stop=stop).choices[0].message.content == "hello there".split(stop[0])[0]

@@ -481,6 +481,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                         text = target.tokenizer.decode(snap, skip_special_tokens=False)
                         if r.stop_text_end is not None:
                             text = text[: r.stop_text_end]
+                        text = _hold_stop_prefix(text, r.stop)
                     deltas = streams[i].feed(forced + text, final=done)
                     lp = None
                     if req.logprobs and (deltas or done):
@@ -587,6 +588,18 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
 # ---------------------------------------------------------------------------------------------------------------
 def _dump(x: Any) -> Any:
     return x.model_dump(exclude_none=True) if isinstance(x, BaseModel) else x
+
+
+def _hold_stop_prefix(text: str, stops: list[str]) -> str:
+    """``text`` without a trailing part that may be the start of a stop string (not to be streamed yet: if the stop
+    string completes, the answer ends before it)."""
+    cut = 0
+    for st in stops:
+        for k in range(min(len(st) - 1, len(text)), 0, -1):
+            if st.startswith(text[-k:]):
+                cut = max(cut, k)
+                break
+    return text[: len(text) - cut] if cut else text
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
