@@ -64,3 +64,31 @@ def test_serve_refuses_a_public_bind_without_a_token(tmp_path):
                        env=_env(AGENTRFT_TOKEN=""), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in r.stderr + r.stdout
+
+
+def test_serve_config_from_a_serve_yaml_or_a_run_config(tmp_path, lookup_files):
+    import yaml
+
+    import lookup_task
+    from agentrft.config import ConfigError
+    from agentrft.serve.config import load_serve_config
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "lora").mkdir()
+    serve = tmp_path / "serve.yaml"
+    serve.write_text(yaml.safe_dump({"model": "m", "slots": 4, "loras": {"x": "lora"}, "rate_limit_tpm": 1000}))
+    cfg = load_serve_config(serve, {"port": 9000, "token": None})
+    assert cfg.model == str((tmp_path / "m").resolve()) and cfg.loras == {"x": str((tmp_path / "lora").resolve())}
+    assert (cfg.slots, cfg.port, cfg.rate_limit_tpm, cfg.host) == (4, 9000, 1000, "127.0.0.1")
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"model": "m", "training_file": str(lookup_files["train"]),
+                                   "tools": ["lookup_task:lookup"], "grader": lookup_task.GRADER, "output_dir": "out"}))
+    cfg = load_serve_config(run, {})
+    assert cfg.model == str(tmp_path / "m") and cfg.store == "sqlite:///" + str(tmp_path / "out" / "agentrft.db")
+    serve.write_text(yaml.safe_dump({"model": "m", "slots": 0}))
+    try:
+        load_serve_config(serve, {})
+    except ConfigError as e:
+        assert "slots" in str(e) and "serve.yaml" in str(e)
+    else:
+        raise AssertionError("slots: 0 was accepted")
