@@ -408,7 +408,12 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                 _chat_stream(request, target, req, gens, cid, created, offered is not None, finish, forced),
                 media_type="text/event-stream", headers={**hdrs, "Cache-Control": "no-cache"})
 
-        await run_all(request, target, gens)
+        try:
+            await run_all(request, target, gens)
+        except BaseException:
+            if st.limiter is not None:  # nothing was answered: give the reservation back
+                st.limiter.refund(client_key(request), reserved)
+            raise
         choices, all_calls = [], []
         for i, r in enumerate(gens):
             ids, text = output_text(target, r)
@@ -551,7 +556,12 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         ss = seeds(req.seed, req.n)
         gens = [GenRequest(list(p), params, ss[k], target.variant, stop=list(req.stop), top_logprobs=top)
                 for p in prompts for k in range(req.n)]
-        await run_all(request, target, gens)
+        try:
+            await run_all(request, target, gens)
+        except BaseException:
+            if st.limiter is not None:  # nothing was answered: give the reservation back
+                st.limiter.refund(client_key(request), reserved)
+            raise
         choices = []
         for i, r in enumerate(gens):
             ids, text = output_text(target, r)
