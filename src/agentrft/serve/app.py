@@ -592,6 +592,11 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                 "model": req.model, "system_fingerprint": target.checkpoint, "choices": choices, "usage": usage}
         return JSONResponse(body, headers=headers(target, trace_id, request_id))
 
+    # ---- OpenAI files, fine-tuning jobs, graders and job workers (issue 16: serve/files.py, serve/jobs.py) ---
+    from agentrft.serve.jobs import mount_fine_tuning
+
+    mount_fine_tuning(app, st, body_as)
+
     return app
 
 

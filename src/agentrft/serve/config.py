@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agentrft.config import ConfigError, _format_errors, parse_config, read_yaml
+from agentrft.serve.jobs_config import JobsConfig  # fine-tuning jobs (issue 16)
 
 
 class ServeConfig(BaseModel):
@@ -42,6 +43,8 @@ class ServeConfig(BaseModel):
 
             get_dialect(v)  # ValueError naming the known ones
         return v
+    # ---- fine-tuning jobs (issue 16: serve/jobs.py, serve/job_worker.py) ----
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="files, fine-tuning jobs and their workers")
 
 
 def is_loopback(host: str) -> bool:

@@ -51,6 +51,8 @@ from agentrft.store.schema import (
 )
 from agentrft.types import Trajectory
 
+from agentrft.store.jobs import JobStore  # the OpenAI fine-tuning API's files, jobs, events, leases (issue 16)
+
 # OpenAI's job statuses; "queued" is the status of a run just created.
 RUN_STATUSES = ("validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled")
 _CHUNK = 500  # ids per IN (...) clause, well under SQLite's bound-parameter limit
@@ -150,7 +152,7 @@ def _chunks(seq: list[Any], n: int = _CHUNK) -> Iterator[list[Any]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class RunStore:
+class RunStore(JobStore):
     """The run store. ``url``: any SQLAlchemy URL, or a plain file path (taken as a SQLite file)."""
 
     def __init__(self, url: str, *, busy_timeout_s: float | None = None, echo: bool = False,

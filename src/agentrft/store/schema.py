@@ -222,3 +222,78 @@ class TraceRow(Base):
     user: Mapped[str | None] = mapped_column(String(400), nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The OpenAI fine-tuning API (issue 16): uploaded files, fine-tuning jobs and their lifecycle events.
+# Read and written by agentrft.store.jobs.JobStore (mixed into RunStore); served by agentrft.serve.files / .jobs.
+# Times are Unix seconds (floats), as OpenAI's objects report them; a job's metrics events are not stored here
+# but derived from its run's steps, so they always agree with ``agentrft show``.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FileRow(Base):
+    """An uploaded file (``POST /v1/files``): bytes on disk under the server's data directory, metadata here."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(400), default="")
+    purpose: Mapped[str] = mapped_column(String(64), default="fine-tune")
+    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    path: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(32), default="processed")
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class JobRow(Base):
+    """A fine-tuning job. ``config``: everything a worker needs to run it (resolved at create); ``lease_owner`` /
+    ``lease_expires``: the worker running it, renewed by heartbeat — an expired lease is free to take (resume)."""
+
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (Index("ix_ftjobs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), default="validating_files")
+    model: Mapped[str] = mapped_column(Text, default="")
+    base_model: Mapped[str] = mapped_column(Text, default="")  # the served base the job's run descends from
+    served_base: Mapped[str] = mapped_column(String(400), default="")  # its id in /v1/models (for ft: ids)
+    method_type: Mapped[str] = mapped_column(String(32), default="reinforcement")
+    method: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # as requested, "auto"s resolved
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # OpenAI-shaped, resolved
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    training_file: Mapped[str] = mapped_column(String(64), default="")
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    integrations: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_files: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    control: Mapped[str | None] = mapped_column(String(16), nullable=True)  # "pause" | "cancel" asked of a worker
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker took the job
+    created_at: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class JobEventRow(Base):
+    """A lifecycle event of a job (``type: message``); ``seq`` orders them."""
+
+    __tablename__ = "fine_tuning_job_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[float] = mapped_column(Float, default=0.0)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
