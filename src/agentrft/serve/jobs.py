@@ -247,8 +247,8 @@ def mount_fine_tuning(app: FastAPI, state: Any, body_as: Any) -> None:
         from agentrft.serve.job_worker import WorkerPool
 
         pool = WorkerPool(cfg)
-        app.add_event_handler("startup", pool.start)
-        app.add_event_handler("shutdown", pool.stop)
+        app.router.on_startup.append(pool.start)  # uvicorn's lifespan (agentrft serve); not in-process test servers
+        app.router.on_shutdown.append(pool.stop)
         app.state.job_workers = pool
 
 
