@@ -246,3 +246,46 @@ def test_graders_run_and_validate_answer_as_the_cli(client, tmp_path):
     got_bad = got_bad.http_response.json()
     assert got_bad["metadata"]["errors"] == want_run_bad["metadata"]["errors"]
     assert got_bad["metadata"]["errors"]["formula_parse_error"] is True
+
+
+def test_terminal_webhook_is_signed_like_openais(client, files, server):
+    """A job reaching a terminal state is POSTed to the webhook URL with Standard Webhooks headers; the signature is
+    checked here independently (HMAC-SHA256 over "id.timestamp.body" with the base64-decoded whsec_ key)."""
+    import base64
+    import hmac
+    from http.server import BaseHTTPRequestHandler
+
+    from tool_servers.loopback import run_http_server
+
+    from agentrft.serve.job_worker import send_webhook
+    from agentrft.serve.jobs_config import JobsConfig
+
+    got = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["content-length"]))
+            got.append((dict(self.headers), body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    key = b"0123456789abcdef0123456789abcdef"
+    job = client.fine_tuning.jobs.create(model="tool", training_file=files["train"], method=_rl())
+    client.fine_tuning.jobs.cancel(job.id)
+    with run_http_server(Hook) as (url, _):
+        cfg = JobsConfig(webhook_url=url + "/hook", webhook_secret="whsec_" + base64.b64encode(key).decode())
+        send_webhook(cfg, server.state.store, job.id)
+    (headers, body), = got
+    headers = {k.lower(): v for k, v in headers.items()}
+    payload = json.loads(body)
+    assert payload["type"] == "fine_tuning.job.cancelled" and payload["data"]["id"] == job.id
+    assert headers["webhook-id"] == payload["id"]
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    want = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{want}"
+    # a webhook that cannot be delivered is a warning on the job, not an error
+    send_webhook(JobsConfig(webhook_url="http://127.0.0.1:9/nothing"), server.state.store, job.id)
+    assert any(e.level == "warn" and "webhook" in e.message for e in client.fine_tuning.jobs.list_events(job.id).data)
