@@ -37,8 +37,12 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tool_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs-api")
+    broken = root / "broken-model"  # allowed, but no weights: a job on it fails in the worker
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
     cfg = ServeConfig(model=str(tool_model), model_name="tool", store=f"sqlite:///{root / 'store.db'}", token=TOKEN,
-                      slots=4, jobs={"workers": 0, "data_dir": str(root / "data")})
+                      slots=4, jobs={"workers": 0, "data_dir": str(root / "data"), "allow_models": [str(broken)],
+                                     "poll_s": 0.1})
     app = create_app(cfg)
     with BackgroundServer(app) as srv:
         srv.state = app.state.serve
@@ -289,3 +293,26 @@ def test_terminal_webhook_is_signed_like_openais(client, files, server):
     # a webhook that cannot be delivered is a warning on the job, not an error
     send_webhook(JobsConfig(webhook_url="http://127.0.0.1:9/nothing"), server.state.store, job.id)
     assert any(e.level == "warn" and "webhook" in e.message for e in client.fine_tuning.jobs.list_events(job.id).data)
+
+
+def test_a_job_that_fails_in_the_worker_reports_its_error(client, data, server, tmp_path):
+    """A model that is allowed but does not load: the job is accepted, the worker (in-process here) fails it with an
+    OpenAI error object and an error event; its files cannot be deleted while it is queued."""
+    from agentrft.serve.job_worker import JobWorker
+
+    broken = Path(server.state.cfg.jobs.allow_models[0])
+    train = _upload(client, data["train"]).id
+    job = client.fine_tuning.jobs.create(model=str(broken), training_file=train, method=_rl(
+        agentrft={"max_steps": 1, "group_size": 2}))
+    assert job.status == "queued"
+    with pytest.raises(openai.ConflictError) as e:
+        client.files.delete(train)
+    assert job.id in e.value.body["message"]
+    JobWorker(server.state.store.url, jobs_cfg=server.state.cfg.jobs).serve(once=True)
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "failed" and job.finished_at is not None and job.fine_tuned_model is None
+    assert job.error.code == "training_error" and job.error.param == "model" and str(broken) in job.error.message
+    errs = [ev for ev in client.fine_tuning.jobs.list_events(job.id).data if ev.level == "error"]
+    assert len(errs) == 1 and errs[0].message.startswith("Job failed: model: cannot load")
+    assert server.state.store.get_job(job.id)["lease_owner"] is None
+    assert client.files.delete(train).deleted  # the job is over

@@ -138,6 +138,12 @@ def mount_files(app: FastAPI, state: Any, files_dir: Path) -> None:
     @app.delete("/v1/files/{file_id}")
     async def delete(file_id: str) -> dict:
         get(file_id)
+        busy = [j["id"] for j in store().list_jobs(limit=10**6)[0]
+                if j["status"] not in ("succeeded", "failed", "cancelled")
+                and file_id in (j["training_file"], j["validation_file"])]
+        if busy:
+            raise APIError(409, f"file {file_id} is used by job {busy[0]}, which has not finished; cancel it or wait",
+                           param="id", code="file_in_use")
         f = store().delete_file(file_id)
         if f is not None:
             Path(f["path"]).unlink(missing_ok=True)

@@ -136,8 +136,16 @@ class JobWorker:
         finally:
             self.stop.set()
 
+    def _orphaned(self) -> bool:
+        """A worker the server spawned stops taking jobs once that server is gone (its job, if any, finishes)."""
+        parent = os.environ.get("AGENTRFT_WORKER_PARENT")
+        return bool(parent) and os.getppid() != int(parent)
+
     def _slot(self, once: bool) -> None:
         while not self.stop.is_set():
+            if self._orphaned():
+                log.info("the server that started this worker is gone; exiting")
+                return
             job = self.store.claim_job(self.owner, self.jobs_cfg.lease_s)
             if job is None:
                 if once:
@@ -185,6 +193,8 @@ class JobWorker:
                 return
             code, param = _error_code(e)
             msg = f"{type(e).__name__}: {e}" if code == "internal_error" else str(e)
+            if code == "internal_error" and _raised_in(e, "load_model_and_tokenizer"):
+                code, param, msg = "training_error", "model", f"model: cannot load {job['model']!r}: {e}"
             log.error("job %s failed: %s\n%s", jid, msg, traceback.format_exc())
             st.update_job(jid, owner=self.owner, status="failed", finished_at=time.time(), control=None,
                           error={"code": code, "message": msg[:2000], "param": param})
@@ -323,6 +333,15 @@ def _set_run_status(st: Any, run_id: str | None, status: str) -> None:
             pass
 
 
+def _raised_in(e: BaseException, function: str) -> bool:
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == function:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _error_code(e: Exception) -> tuple[str, str | None]:
     from agentrft.data import DatasetError
     from agentrft.rl.trainer import TrainingError
@@ -385,7 +404,7 @@ class WorkerPool:
 
     def _spawn(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "agentrft.serve.job_worker", "--config", str(self.config_path)]
-        return subprocess.Popen(cmd, env=os.environ.copy())
+        return subprocess.Popen(cmd, env={**os.environ, "AGENTRFT_WORKER_PARENT": str(os.getpid())})
 
     def start(self) -> None:
         d = _worker_config_dir(self.cfg)
