@@ -130,3 +130,61 @@ def test_step_records_and_trained_tokens(store):
     assert [(r["step"], r["split"], r["metrics"]["reward_mean"]) for r in recs] == [(1, "train", 0.5), (1, "valid", 0.25)]
     assert all(abs(r["created_at"] - time.time()) < 3600 for r in recs)
     assert store.trained_tokens(run) == 30  # training trajectories only
+
+
+def test_a_job_runs_end_to_end_on_postgres(tiny_model, tmp_path_factory, tmp_path):
+    """Server and worker sharing a PostgreSQL store (the multi-machine set-up): a small reinforcement job through
+    the API, run by a worker, its metrics events equal to the run's step records."""
+    import openai
+
+    import lookup_task as lt
+    import serve_helpers as h
+    from agentrft.serve.app import create_app
+    from agentrft.serve.config import ServeConfig
+    from agentrft.serve.job_worker import JobWorker
+    from agentrft.serve.server import BackgroundServer
+    from agentrft.tools.registry import resolve_python_tool
+    from agentrft.tools.server import make_tool_server
+    from tool_servers.loopback import run_uvicorn
+
+    conn, schema = _pg_schema()
+    url = f"{PG}?options=-csearch_path%3D{schema}"
+    try:
+        tool = h.tool_model_dir(tiny_model, tmp_path_factory)
+        files = lt.write_task(tmp_path / "data", seed=5, n_train=4, n_valid=2, n_demos=2)
+        cfg = ServeConfig(model=str(tool), model_name="tool", store=url, slots=2,
+                          jobs={"workers": 0, "data_dir": str(tmp_path / "shared"), "poll_s": 0.1})
+        app = create_app(cfg)
+        with BackgroundServer(app) as srv, \
+                run_uvicorn(make_tool_server(resolve_python_tool("lookup_task:lookup"))) as tools_url:
+            c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
+            tr = c.files.create(file=open(files["train"], "rb"), purpose="fine-tune")
+            va = c.files.create(file=open(files["valid"], "rb"), purpose="fine-tune")
+            job = c.fine_tuning.jobs.create(model="tool", training_file=tr.id, validation_file=va.id, suffix="pg",
+                                            method={"type": "reinforcement", "reinforcement": {
+                                                "grader": lt.GRADER, "tools": [{"name": "lookup",
+                                                                                "server_url": tools_url + "/"}],
+                                                "hyperparameters": {"batch_size": 2, "compute_multiplier": 0.5,
+                                                                    "eval_interval": 2, "agentrft": {
+                                                                        "max_steps": 2, "max_new_tokens": 16,
+                                                                        "max_turns": 2}}}})
+            JobWorker(url, jobs_cfg=cfg.jobs).serve(once=True)
+            job = c.fine_tuning.jobs.retrieve(job.id)
+            assert job.status == "succeeded", job.error
+            run_id = job.model_extra["agentrft"]["run_id"]
+            assert job.fine_tuned_model == f"ft:tool:pg:{run_id}"
+            assert job.fine_tuned_model in [m.id for m in c.models.list().data]
+            store = app.state.serve.store
+            assert not store.is_sqlite
+            steps = {(m["step"], m["split"]): m for m in store.step_metrics(run_id)}
+            metrics = [e for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+            assert sorted(e.data["step"] for e in metrics) == [0, 1, 2]
+            for e in metrics:
+                train = steps.get((e.data["step"], "train"))
+                if train is not None:
+                    assert e.data["train_mean_reward"] == pytest.approx(train["reward_mean"])
+            assert c.files.content(job.result_files[0]).text.startswith("step,split,")
+        app.state.serve.close()
+    finally:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
