@@ -345,7 +345,7 @@ def _register_top_level(module: str, names: tuple[str, ...]) -> None:
 _register_top_level("agentrft.evals.cli", ("check", "compare", "monitor", "audit"))
 _register_top_level("agentrft.gate.cli", ("promote", "registry", "regress"))
 _register_top_level("agentrft.serve.cli", ("serve",))
-_register_top_level("agentrft.serve.worker_cli", ("worker",))  # fine-tuning job workers (issue 16)
+_register_top_level("agentrft.serve.workers.cli", ("worker",))  # fine-tuning job workers (issue 16)
 
 
 def main() -> None:

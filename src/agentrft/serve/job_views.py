@@ -214,7 +214,7 @@ def checkpoint_objects(store: Any, job: dict) -> list[dict[str, Any]]:
         if not c["kept"] or not c["path"] or not Path(c["path"]).is_dir():
             continue
         step = c["step"]
-        train, valid = recs.get((step, "train"), {}), recs.get((step, "valid"), {})
+        train = recs.get((step, "train"), {})
         cm = c["metrics"] or {}
         metrics = {"step": float(step),
                    "train_loss": _num(train.get("loss")), "train_mean_token_accuracy": None,

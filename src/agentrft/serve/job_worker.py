@@ -476,9 +476,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_worker(config: str | Path, *, concurrency: int | None = None, once: bool = False,
                store: str | None = None) -> None:
-    from agentrft.cli import _quiet_libraries
-
-    _quiet_libraries()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
     store_url, jobs = load_worker_settings(config)
     w = JobWorker(store or store_url, jobs_cfg=jobs)

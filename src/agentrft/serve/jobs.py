@@ -288,7 +288,7 @@ def run_grader(body: dict) -> dict:
     """``{"grader", "model_sample", "item"}`` → OpenAI's graders/run answer, made by the same functions as
     ``agentrft grade run`` (``normalize_sample``, ``run_output``, ``spec_error_output``)."""
     from agentrft.graders.base import GraderSpecError, build_grader
-    from agentrft.graders.cli import normalize_sample, run_output, spec_error_output
+    from agentrft.graders.answers import normalize_sample, run_output, spec_error_output
 
     spec = body.get("grader")
     if not isinstance(spec, dict):
