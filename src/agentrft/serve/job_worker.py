@@ -247,7 +247,8 @@ class JobWorker:
                     sha256=hashlib.sha256(data).hexdigest(), path=str(path))
         tokens = st.trained_tokens(run_id) if job["method_type"] == "reinforcement" else \
             int(sum(r["metrics"].get("tokens", 0) for r in st.step_records(run_id) if r["split"] == "train"))
-        if not st.update_job(jid, owner=self.owner, expect_status=("running",), status="succeeded",
+        # a pause that arrived during the last step is moot: the job is done
+        if not st.update_job(jid, owner=self.owner, expect_status=("running", "pausing"), status="succeeded",
                              finished_at=time.time(), fine_tuned_model=model, result_files=[fid],
                              trained_tokens=tokens, control=None):
             cur = st.get_job(jid)
