@@ -313,6 +313,6 @@ def test_a_job_that_fails_in_the_worker_reports_its_error(client, data, server, 
     assert job.status == "failed" and job.finished_at is not None and job.fine_tuned_model is None
     assert job.error.code == "training_error" and job.error.param == "model" and str(broken) in job.error.message
     errs = [ev for ev in client.fine_tuning.jobs.list_events(job.id).data if ev.level == "error"]
-    assert len(errs) == 1 and errs[0].message.startswith("Job failed: model: cannot load")
+    assert len(errs) == 1 and errs[0].message.startswith(f"Job failed: model '{broken}': cannot load")
     assert server.state.store.get_job(job.id)["lease_owner"] is None
     assert client.files.delete(train).deleted  # the job is over

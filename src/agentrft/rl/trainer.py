@@ -59,7 +59,13 @@ from agentrft.store import RunStore
 
 
 class TrainingError(RuntimeError):
-    """A problem that stops a run before or during training, with a message for the user."""
+    """A problem that stops a run before or during training, with a message for the user. ``field``: the config
+    field at fault when there is one (``model``, ``tools``, ``hyperparameters``), for callers that report it apart
+    (the fine-tuning jobs API's ``error.param``)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -111,11 +117,11 @@ class Trainer:
         try:
             self.loss_fn, self.advantage_fn = build_loss(hp), estimator(hp.advantage)
         except ValueError as e:
-            raise TrainingError(str(e)) from None
+            raise TrainingError(str(e), field="hyperparameters") from None
         try:
             self.stack = RolloutStack(cfg)
         except ConfigError as e:
-            raise TrainingError(str(e)) from None
+            raise TrainingError(str(e), field="tools") from None
         self.router, self.grader, self.holdouts = self.stack.router, self.stack.grader, self.stack.holdouts
         train_path, valid_path = cfg.path(cfg.training_file), cfg.path(cfg.validation_file)
         self.train_rows, self.valid_rows = load_datasets(train_path, valid_path, known_tools=self.router.names or None)
@@ -172,7 +178,7 @@ class Trainer:
         try:
             policy = load_policy(model_path)
         except ModelLoadError as e:
-            raise TrainingError(str(e)) from None
+            raise TrainingError(str(e), field="model") from None
         self.tokenizer, self.renderer = policy.tokenizer, policy.renderer
         try:
             self.learner = Learner(

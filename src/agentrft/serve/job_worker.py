@@ -349,10 +349,8 @@ def _error_code(e: Exception) -> tuple[str, str | None]:
 
     if isinstance(e, DatasetError):
         return "invalid_training_file", "training_file"
-    if isinstance(e, TrainingError):
-        msg = str(e)
-        return "training_error", ("model" if msg.startswith("model:") else "method" if msg.startswith("tools:")
-                                  else None)
+    if isinstance(e, TrainingError):  # the job's field for the run config's field at fault
+        return "training_error", {"model": "model", "tools": "method", "hyperparameters": "method"}.get(e.field)
     return "internal_error", None
 
 
