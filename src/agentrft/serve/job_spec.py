@@ -354,7 +354,7 @@ def supervised_spec(sub: dict, src: Source, train: dict, valid: dict | None, *, 
     lrm = _number(hp_in, "learning_rate_multiplier", pre, integer=False)
     warnings: list[str] = []
     n_params = parameter_count(src.path)
-    ours: dict[str, Any] = {"epochs": 3 if ep == "auto" else ep, "batch_size": min(16, n_train) if bs == "auto" else bs,
+    ours: dict[str, Any] = {"n_epochs": 3 if ep == "auto" else ep, "batch_size": min(16, n_train) if bs == "auto" else bs,
                             "learning_rate": base_lr("sft", n_params) * (1.0 if lrm == "auto" else lrm), "seed": seed}
     ours["micro_batch_size"] = ours["batch_size"]
     ours.update(ours_in)
@@ -366,7 +366,7 @@ def supervised_spec(sub: dict, src: Source, train: dict, valid: dict | None, *, 
     except ValidationError as e:
         err = e.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else ""
-        key = {"epochs": "n_epochs", "batch_size": "batch_size", "learning_rate": "learning_rate_multiplier"}.get(name)
+        key = {"n_epochs": "n_epochs", "batch_size": "batch_size", "learning_rate": "learning_rate_multiplier"}.get(name)
         param = f"{pre}.{key}" if key else f"{pre}.agentrft.{name}"
         raise bad(f"{param}: {err['msg']}", param) from None
     if valid:
@@ -375,9 +375,9 @@ def supervised_spec(sub: dict, src: Source, train: dict, valid: dict | None, *, 
         if it.get("type") == "wandb":
             warnings.append("the wandb integration is not honoured by this server; every metric is in this job's "
                             "metrics events and result file")
-    total = hp.epochs * max(1, -(-n_train // hp.batch_size))
+    total = hp.n_epochs * max(1, -(-n_train // hp.batch_size))
     resolved = {"batch_size": hp.batch_size, "learning_rate_multiplier": 1.0 if lrm == "auto" else lrm,
-                "n_epochs": hp.epochs}
+                "n_epochs": hp.n_epochs}
     method = {"type": "supervised", "supervised": {"hyperparameters": {**resolved, **({"agentrft": ours_in}
                                                                                       if ours_in else {})}}}
     return JobSpec("supervised", method, resolved,

@@ -309,7 +309,7 @@ class JobWorker:
                 raise JobStopped("cancel")
 
         try:
-            res = run_sft(c["model_path"], c["demos_file"], out, epochs=p["epochs"], batch_size=p["batch_size"],
+            res = run_sft(c["model_path"], c["demos_file"], out, epochs=p.get("n_epochs", p.get("epochs")), batch_size=p["batch_size"],
                           learning_rate=p["learning_rate"], lora=None, micro_batch_size=p["micro_batch_size"],
                           seed=p["seed"], max_tokens=p["max_tokens"], until_loss=p.get("until_loss"), on_step=on_step)
         except JobStopped as e:
