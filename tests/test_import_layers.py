@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"rollout"},  # chat rendering, tool-call parsing, the agent loop, the stack builder
     {"rl", "evals", "models", "environments"},  # training, evaluation, model building, task environments
     {"gate"},  # promotion, registry
-    {"serve", "quickstart", "cli", "bench", "config_reference"},  # what users run
+    {"serve", "quickstart", "cli", "bench", "config_reference", "ui"},  # what users run
 ]
 LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 

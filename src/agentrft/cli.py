@@ -346,6 +346,7 @@ _register_top_level("agentrft.evals.cli", ("check", "compare", "monitor", "audit
 _register_top_level("agentrft.gate.cli", ("promote", "registry", "regress"))
 _register_top_level("agentrft.serve.cli", ("serve",))
 _register_top_level("agentrft.serve.workers.cli", ("worker",))  # fine-tuning job workers (issue 16)
+_register_top_level("agentrft.ui.cli", ("ui",))
 
 
 def main() -> None:

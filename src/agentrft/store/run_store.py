@@ -49,6 +49,7 @@ from agentrft.store.schema import (
     TrajectoryRow,
     utcnow,
 )
+from agentrft.store.schema import Approval, ensure_indexes
 from agentrft.types import Trajectory
 
 from agentrft.store.jobs import JobStore  # the OpenAI fine-tuning API's files, jobs, events, leases (issue 16)
@@ -213,6 +214,7 @@ class RunStore(JobStore):
                 with self._writer.begin() as conn:
                     Base.metadata.create_all(conn)
                     _migrate(conn)
+                    ensure_indexes(conn)  # indexes added to existing tables since the store was made
             else:
                 from sqlalchemy import inspect
 
@@ -225,6 +227,7 @@ class RunStore(JobStore):
                     with self._writer.begin() as conn:
                         Base.metadata.create_all(conn)
                         _migrate(conn)
+                        ensure_indexes(conn)
             self._has_heartbeat = True if mode != "read" else has_beat
             if mode != "read":
                 with self._write() as s:
@@ -641,6 +644,49 @@ class RunStore(JobStore):
         with self._read() as s:
             return [{**{f: getattr(r, f) for f in self._TRACE_FIELDS if f != "meta"}, "metadata": r.meta,
                      "id": r.id, "created_at": _iso(r.created_at)} for r in s.scalars(q)]
+    # ---- approvals: tool calls waiting for a person (enqueued by the approval flow, decided in `agentrft ui`) ---
+    def enqueue_approval(self, trace_id: str, tool_name: str, arguments: Any, *, run_id: str | None = None) -> int:
+        """Queue a tool call for a decision; returns its approval id. ``arguments``: the call's JSON text (a dict
+        is serialized)."""
+        args = arguments if isinstance(arguments, str) else _dumps_strict(arguments)
+        with self._write() as s:
+            a = Approval(trace_id=trace_id, run_id=run_id, tool_name=tool_name, arguments=args, status="pending",
+                         requested_at=utcnow())
+            s.add(a)
+            s.flush()
+            return int(a.id)
+
+    def list_approvals(self, status: str | None = None, *, limit: int = 200) -> list[dict]:
+        """Approvals, oldest pending first (``status`` filters), at most ``limit``."""
+        q = select(Approval)
+        if status is not None:
+            q = q.where(Approval.status == status)
+        q = q.order_by(Approval.id if status == "pending" else Approval.id.desc()).limit(limit)
+        with self._read() as s:
+            return [_approval_dict(a) for a in s.scalars(q)]
+
+    def get_approval(self, approval_id: int) -> dict | None:
+        with self._read() as s:
+            a = s.get(Approval, int(approval_id))
+            return None if a is None else _approval_dict(a)
+
+    def decide_approval(self, approval_id: int, decision: str, *, decided_by: str, reason: str = "") -> dict:
+        """Approve or deny a pending request (``decision`` "approved" | "denied"), recording who and when. A request
+        already decided is not changed (StoreError says by whom), so two reviewers cannot both decide it."""
+        if decision not in ("approved", "denied"):
+            raise ValueError(f"decision {decision!r}: expected 'approved' or 'denied'")
+        if not decided_by.strip():
+            raise ValueError("decided_by: say who decides")
+        with self._write() as s:
+            a = s.get(Approval, int(approval_id))
+            if a is None:
+                raise StoreError(f"no approval request {approval_id}")
+            if a.status != "pending":
+                raise StoreError(f"approval request {approval_id} was already {a.status} by {a.decided_by} at "
+                                 f"{_iso(a.decided_at)}")
+            a.status, a.decided_by, a.decided_at, a.reason = decision, decided_by.strip(), utcnow(), reason
+            s.flush()
+            return _approval_dict(a)
 
     # ---- diagnostics ---------------------------------------------------------------------------------------
     def pragma(self, name: str) -> Any:
@@ -877,3 +923,9 @@ def _grade_dict(g: GradeRow) -> dict:
         "errors": g.errors, "sub_rewards": g.sub_rewards, "turn_scores": g.turn_scores, "metadata": g.meta,
         "execution_time_s": g.execution_time_s,
     }
+
+
+def _approval_dict(a: Approval) -> dict:
+    return {"id": a.id, "trace_id": a.trace_id, "run_id": a.run_id, "tool_name": a.tool_name,
+            "arguments": a.arguments, "status": a.status, "requested_at": _iso(a.requested_at),
+            "decided_by": a.decided_by, "decided_at": _iso(a.decided_at), "reason": a.reason}

@@ -297,3 +297,36 @@ class JobEventRow(Base):
     level: Mapped[str] = mapped_column(String(8), default="info")
     message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+# ---- dashboard (agentrft ui): the approval queue, and indexes for paging trajectories -------------------------
+class Approval(Base):
+    """A tool call waiting for a person's decision (the production approval flow enqueues; ``agentrft ui`` decides).
+    No foreign key: a request may come from a served trace that is not (yet) a stored trajectory."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trace_id: Mapped[str] = mapped_column(String(100), index=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tool_name: Mapped[str] = mapped_column(String(200), default="")
+    arguments: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending | approved | denied
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+# Keyset paging of the trajectory browser (newest step first, within a run or across runs) walks this index;
+# it is also created on stores made before it existed (RunStore.__init__ → ensure_indexes).
+Index("ix_traj_run_step_trace", TrajectoryRow.run_id, TrajectoryRow.step, TrajectoryRow.trace_id)
+# the same validation item across checkpoints (the dashboard's before/after view)
+Index("ix_traj_run_split_row", TrajectoryRow.run_id, TrajectoryRow.split, TrajectoryRow.row_index)
+
+
+def ensure_indexes(conn: Any) -> None:
+    """Create any index of the schema that an existing database lacks (``create_all`` adds only missing tables)."""
+    for table in Base.metadata.sorted_tables:
+        for ix in table.indexes:
+            ix.create(conn, checkfirst=True)
