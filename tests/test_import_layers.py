@@ -16,7 +16,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[set[str]] = [
-    {"types", "refs", "heap", "progress", "bounded", "redact"},  # the shared nouns and small utilities
+    {"types", "refs", "heap", "progress", "bounded", "redact", "loggers"},  # shared nouns, small utilities, metric sinks
     {"config", "data"},  # the run config, datasets
     {"tools", "graders", "policy", "store"},  # what a rollout is built from, and where it is recorded
     {"rollout"},  # chat rendering, tool-call parsing, the agent loop, the stack builder

@@ -203,6 +203,8 @@ class RunConfig(_Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     store: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<output_dir>/agentrft.db")
+    loggers: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=list, description="metric sinks beside the store (agentrft.loggers); offline by default")
     output_dir: str = Field("runs", description="run directories (checkpoints, config.json) and the default store")
     base_dir: str = Field(".", description="set by the loader: the config file's directory")
 

@@ -106,6 +106,10 @@ class Trainer:
     def _setup(self) -> None:
         self._check_inputs()  # everything that can be wrong with the inputs, before the model loads
         model_path = self._open_run()
+        from agentrft.loggers import open_loggers
+
+        self.loggers = open_loggers(self.cfg.loggers, self.run_dir, self.run_id, self.cfg.model_dump(),
+                                    name=self.cfg.name or Path(self.cfg.training_file).stem, say=self._say)
         self._load_learner(model_path)
         if self.resume_id:
             self._restore()
@@ -139,6 +143,12 @@ class Trainer:
         from agentrft.evals.monitors import Monitor
 
         self.monitor = Monitor(cfg.monitors, holdout_names=[g.name for g in self.holdouts.values()])
+        from agentrft.loggers import LoggerConfigError, check_loggers  # tensorboard/mlflow/wandb/trackio sinks
+
+        try:
+            check_loggers(cfg.loggers)
+        except LoggerConfigError as e:
+            raise TrainingError(f"config: {e}") from None
         self.paused = False
         steps_per_epoch = math.ceil(len(self.train_rows) / hp.batch_size)
         self.total_steps = hp.max_steps or hp.n_epochs * steps_per_epoch
@@ -263,6 +273,7 @@ class Trainer:
             beat.stop()
             self.router.close()
             self._writer.shutdown(wait=True)
+            self.loggers.close()
         self.store.set_status(self.run_id, "paused" if self.paused else "succeeded")
         return self.run_id
 
@@ -377,6 +388,7 @@ class Trainer:
         m["time/full_iteration"] = time.perf_counter() - t_iter
         self._flush_writes()  # the previous step's record: records land in step order, one in flight
         self._write = self._writer.submit(self.store.record_step, self.run_id, step, "train", m, trajs)
+        self.loggers.log_step(step, "train", m, trajs)
         line = self._signal.observe(step, trajs)  # raises TrainingError after max_signal_free_steps in a row
         if line:
             self._warn(line)
@@ -400,6 +412,7 @@ class Trainer:
         self.monitor.observe_eval(step, m, trajs)
         self._flush_writes()
         self.store.record_step(self.run_id, step, "valid", m, trajs)
+        self.loggers.log_step(step, "valid", m, trajs)
         self._save_eval_checkpoint(step, ckpt_id, m)
         prog.eval_done(step, m)
         return m
