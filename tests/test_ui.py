@@ -342,3 +342,16 @@ def test_postgres_filters_pages_pages_and_approvals(pg_store):
     key = c.app.state.form_key
     assert c.post(f"/approvals/{aid}", data={"decision": "deny", "decided_by": "eve", "form_key": key}).status_code == 200
     assert pg_store.get_approval(aid)["status"] == "denied"
+
+
+def test_the_count_stops_at_its_cap(store, run, monkeypatch):
+    import agentrft.ui.app as app_mod
+    import agentrft.ui.queries as q
+
+    monkeypatch.setattr(q, "COUNT_CAP", 10)
+    monkeypatch.setattr(app_mod, "COUNT_CAP", 10)
+    assert list_trajectories(store, TrajFilter.parse({"run": run}))["total"] == 11
+    r = TestClient(make_ui_app(store)).get(f"/trajectories?run={run}")
+    assert "more than 10 matching" in r.text
+    small = TestClient(make_ui_app(store)).get(f"/trajectories?run={run}&step=0")
+    assert "5 matching" in small.text  # under the cap: the exact count

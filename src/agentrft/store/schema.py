@@ -321,6 +321,8 @@ class Approval(Base):
 # Keyset paging of the trajectory browser (newest step first, within a run or across runs) walks this index;
 # it is also created on stores made before it existed (RunStore.__init__ → ensure_indexes).
 Index("ix_traj_run_step_trace", TrajectoryRow.run_id, TrajectoryRow.step, TrajectoryRow.trace_id)
+# the browser's reward-range filter
+Index("ix_traj_run_reward", TrajectoryRow.run_id, TrajectoryRow.reward)
 # the same validation item across checkpoints (the dashboard's before/after view)
 Index("ix_traj_run_split_row", TrajectoryRow.run_id, TrajectoryRow.split, TrajectoryRow.row_index)
 

@@ -37,7 +37,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentrft.store import AmbiguousRunId, RunStore, StoreError
-from agentrft.ui.queries import OUTCOMES, PAGE_SIZES, FilterError, TrajFilter, alerts_of, eval_rows, \
+from agentrft.ui.queries import COUNT_CAP, OUTCOMES, PAGE_SIZES, FilterError, TrajFilter, alerts_of, eval_rows, \
     item_across_evals, list_trajectories
 
 HERE = Path(__file__).parent
@@ -228,7 +228,7 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
         if page["next"]:
             next_url = "?" + urlencode({**f.raw, "after": page["next"]})
         return render(request, "trajectories.html.jinja", page=page, f=f, runs=runs, outcomes=OUTCOMES,
-                      page_sizes=PAGE_SIZES, next_url=next_url, first_url="?" + urlencode(f.raw))
+                      page_sizes=PAGE_SIZES, count_cap=COUNT_CAP, next_url=next_url, first_url="?" + urlencode(f.raw))
 
     @app.get("/t/{trace_id}", response_class=HTMLResponse)
     async def trajectory_page(request: Request, trace_id: str) -> Response:

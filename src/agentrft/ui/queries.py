@@ -20,6 +20,7 @@ from agentrft.store.schema import GradeRow, ToolCallRow, TrajectoryRow
 
 OUTCOMES = ("completed", "tool_budget", "max_turns", "context_limit", "dropped")
 PAGE_SIZES = (25, 50, 100, 200)
+COUNT_CAP = 10_000  # the listing says "more than 10,000 matching" beyond this
 
 
 class FilterError(ValueError):
@@ -129,7 +130,8 @@ _LIST_COLUMNS = (TrajectoryRow.trace_id, TrajectoryRow.run_id, TrajectoryRow.ste
 
 
 def list_trajectories(store: RunStore, f: TrajFilter, *, count: bool = True) -> dict[str, Any]:
-    """One page: ``{"rows", "next" (cursor or None), "total" (matching rows, or None when not counted)}``.
+    """One page: ``{"rows", "next" (cursor or None), "total" (matching rows up to COUNT_CAP + 1, None when not
+    counted)}``.
     Rows carry the listing's columns plus ``tools`` (distinct tool names called) and ``grader_errors`` (flags)."""
     T = TrajectoryRow
     conds = _conditions(f)
@@ -151,7 +153,10 @@ def list_trajectories(store: RunStore, f: TrajFilter, *, count: bool = True) -> 
                     tools[tid].append(name)
             for tid, e in s.execute(select(GradeRow.trace_id, GradeRow.errors).where(GradeRow.trace_id.in_(ids))):
                 errs.setdefault(tid, set()).update(k for k, v in (e or {}).items() if v)
-        total = s.scalar(select(func.count()).select_from(T).where(*conds)) if count else None
+        total = None
+        if count:  # counting stops at COUNT_CAP + 1 matches: a count of all 100k costs more than the page itself
+            sub = select(T.trace_id).where(*conds).limit(COUNT_CAP + 1).subquery()
+            total = s.scalar(select(func.count()).select_from(sub))
     for r in rows:
         r["tools"] = tools.get(r["trace_id"], [])
         r["grader_errors"] = sorted(errs.get(r["trace_id"], ()))
