@@ -234,6 +234,8 @@ def test_audit_page_records_a_verdict(client, store, run):
     r = client.post("/audit", data={"form_key": key, "trace_id": traces[0], "verdict": "hack", "reviewer": "dan",
                                     "note": "gamed the check", "run": run, "n": "2"})
     assert r.status_code == 200 and "Verdict on" in r.text
+    row = re.search(rf'<tr data-trace="{traces[0]}">(.*?)</tr>', r.text, re.S).group(1)
+    assert "<b>hack</b> by dan" in row  # the page shows the verdict it recorded
     (a,) = store.audits(traces[0])
     assert (a["verdict"], a["reviewer"], a["note"]) == ("hack", "dan", "gamed the check")
     bad = client.post("/audit", data={"form_key": key, "trace_id": "nope", "verdict": "pass", "reviewer": "dan"})
@@ -355,3 +357,26 @@ def test_the_count_stops_at_its_cap(store, run, monkeypatch):
     assert "more than 10 matching" in r.text
     small = TestClient(make_ui_app(store)).get(f"/trajectories?run={run}&step=0")
     assert "5 matching" in small.text  # under the cap: the exact count
+
+
+def test_the_served_app_redirects_to_ui_keeping_a_token_link(store, run):
+    from agentrft.ui import make_server_app
+
+    c = TestClient(make_server_app(store, token="tk"))
+    r = c.get("/ui?token=tk", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/ui/?token=tk"
+    r = c.get("/?token=tk")  # → /ui/?token=tk → sets the cookie → /ui/
+    assert r.status_code == 200 and f"/ui/runs/{run}" in r.text
+
+
+def test_the_audit_page_draws_what_agentrft_audit_export_draws(store, run):
+    from agentrft.evals.audit import sample_for_audit
+    from agentrft.ui.queries import audit_sample, item_across_evals
+
+    for n, steps in ((2, None), (3, [3]), (50, None)):
+        want = sample_for_audit(store, run, n=n, steps=steps)
+        got = audit_sample(store, run, n=n, steps=steps)
+        assert got == want  # the same trajectories, whole, in the same order
+    by_step = item_across_evals(store, run, 2)
+    assert by_step == {s: [t for t in store.trajectories(run, step=s, split="valid") if t["row_index"] == 2]
+                       for s in sorted({c["step"] for c in store.checkpoints(run)})}

@@ -259,6 +259,7 @@ def test_an_approval_entered_in_the_page_is_recorded(world):
     assert got["decided_at"] is not None
     assert store.get_approval(keep)["status"] == "pending"  # only the row acted on
     assert "ui-tester" in d.find_element(By.ID, "decided").text
+    _shot(w, "approvals-decided")
 
 
 def test_bad_inputs_give_a_page_that_says_so(world):

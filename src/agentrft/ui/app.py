@@ -37,8 +37,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentrft.store import AmbiguousRunId, RunStore, StoreError
-from agentrft.ui.queries import COUNT_CAP, OUTCOMES, PAGE_SIZES, FilterError, TrajFilter, alerts_of, eval_rows, \
-    item_across_evals, list_trajectories
+from agentrft.ui.queries import COUNT_CAP, OUTCOMES, PAGE_SIZES, FilterError, TrajFilter, alerts_of, audit_sample, \
+    eval_rows, item_across_evals, latest_verdicts, list_trajectories
 
 HERE = Path(__file__).parent
 COOKIE = "agentrft_ui"
@@ -316,7 +316,7 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
     # ---- the random-audit queue ---------------------------------------------------------------------------
     @app.get("/audit", response_class=HTMLResponse)
     async def audit_page(request: Request) -> Response:
-        from agentrft.evals.audit import VERDICTS, sample_for_audit
+        from agentrft.evals.audit import VERDICTS
 
         runs = store.list_runs()
         run_id = request.query_params.get("run") or (runs[0]["id"] if runs else None)
@@ -327,8 +327,8 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
         if n is None or not 1 <= n <= 100:
             raise PageError(400, "malformed parameter", "n: between 1 and 100 trajectories per checkpoint")
         step = int_param(request, "step")
-        sample = sample_for_audit(store, run["id"], n=n, steps=[step] if step is not None else None)
-        latest = {a["trace_id"]: a for a in store.audits_for_run(run["id"])}
+        sample = audit_sample(store, run["id"], n=n, steps=[step] if step is not None else None)
+        latest = latest_verdicts(store, [t["trace_id"] for ts in sample.values() for t in ts])
         return render(request, "audit.html.jinja", run=run, runs=runs, sample=sample, verdicts=VERDICTS,
                       latest=latest, n=n, step=step, done=request.query_params.get("done"))
 
@@ -357,12 +357,10 @@ def make_server_app(store: RunStore, token: str | None = None) -> FastAPI:
     root = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @root.get("/")
-    async def _index() -> Response:
-        return RedirectResponse("/ui/", status_code=307)
-
     @root.get("/ui")
-    async def _ui() -> Response:
-        return RedirectResponse("/ui/", status_code=307)
+    async def _index(request: Request) -> Response:  # keeps the query (a ?token=… link)
+        q = request.url.query
+        return RedirectResponse("/ui/" + (f"?{q}" if q else ""), status_code=307)
 
     root.mount("/ui", make_ui_app(store, token=token))
     return root

@@ -97,8 +97,12 @@ def _float(raw: dict[str, str], key: str) -> float | None:
     return v
 
 
-def _conditions(f: TrajFilter) -> list[Any]:
+def _conditions(f: TrajFilter, *, page: bool = False) -> list[Any]:
+    """The filter as SQL conditions. ``page``: for the listing, the reward bound is written ``reward + 0`` so that
+    SQLite's planner (no statistics) walks the keyset index and stops at the page's last row, instead of taking the
+    reward index and sorting every match (10k rows for a 10% band) to return 50; the count keeps the index."""
     T = TrajectoryRow
+    reward = (T.reward + 0) if page else T.reward
     conds: list[Any] = []
     if f.run is not None:
         conds.append(T.run_id == f.run)
@@ -107,9 +111,9 @@ def _conditions(f: TrajFilter) -> list[Any]:
     if f.split is not None:
         conds.append(T.split == f.split)
     if f.reward_min is not None:
-        conds.append(T.reward >= f.reward_min)
+        conds.append(reward >= f.reward_min)
     if f.reward_max is not None:
-        conds.append(T.reward <= f.reward_max)
+        conds.append(reward <= f.reward_max)
     if f.outcome is not None:
         conds.append(T.outcome == f.outcome)
     if f.tool is not None:
@@ -135,7 +139,7 @@ def list_trajectories(store: RunStore, f: TrajFilter, *, count: bool = True) -> 
     Rows carry the listing's columns plus ``tools`` (distinct tool names called) and ``grader_errors`` (flags)."""
     T = TrajectoryRow
     conds = _conditions(f)
-    q = select(*_LIST_COLUMNS).where(*conds)
+    q = select(*_LIST_COLUMNS).where(*_conditions(f, page=True))
     if f.after is not None:
         q = q.where(tuple_(T.run_id, T.step, T.trace_id) < tuple_(*f.after))
     q = q.order_by(T.run_id.desc(), T.step.desc(), T.trace_id.desc()).limit(f.limit + 1)
@@ -165,25 +169,67 @@ def list_trajectories(store: RunStore, f: TrajFilter, *, count: bool = True) -> 
             "total": total}
 
 
+def _whole(store: RunStore, s: Session, where: list[Any], key: Any) -> list[dict]:
+    """Trajectory dicts (with tool calls and grades, as ``RunStore.trajectories`` returns them) in one session,
+    sorted by ``key`` here: with an ORDER BY on step, SQLite's planner (no statistics) walks the keyset index over the
+    whole run to avoid a sort, instead of the (run, split, row) index that finds the few rows."""
+    rows = sorted(s.scalars(select(TrajectoryRow).where(*where)), key=key)
+    return store._nest(s, rows)  # the store's own row → dict conversion, batched
+
+
 def item_across_evals(store: RunStore, run_id: str, row_index: int, split: str = "valid") -> dict[int, list[dict]]:
     """``{step: [trajectory dicts with tool_calls and grades]}`` for one dataset row in every eval of the run."""
+    T = TrajectoryRow
     with Session(store.engine) as s, s.begin():
-        ids = s.scalars(select(TrajectoryRow.trace_id).where(
-            TrajectoryRow.run_id == run_id, TrajectoryRow.split == split, TrajectoryRow.row_index == row_index)
-            .order_by(TrajectoryRow.step, TrajectoryRow.sample_index)).all()
+        trajs = _whole(store, s, [T.run_id == run_id, T.split == split, T.row_index == row_index],
+                       key=lambda r: (r.step, r.sample_index, r.trace_id))
     out: dict[int, list[dict]] = {}
-    for tid in ids:
-        t = store.trajectory(tid)
-        if t is not None:
-            out.setdefault(t["step"], []).append(t)
+    for t in trajs:
+        out.setdefault(t["step"], []).append(t)
+    return out
+
+
+def audit_sample(store: RunStore, run_id: str, *, n: int, steps: list[int] | None = None, seed: int = 0,
+                 split: str = "valid") -> dict[int, list[dict]]:
+    """The draw of :func:`agentrft.evals.audit.sample_for_audit` (same steps, same seeded indices into the same
+    order), reading only the ``n`` drawn trajectories of each step instead of all of them."""
+    import random
+
+    T = TrajectoryRow
+    if steps is None:
+        steps = sorted({c["step"] for c in store.checkpoints(run_id)}) or sorted(
+            {m["step"] for m in store.step_metrics(run_id, split=split)})
+    out: dict[int, list[dict]] = {}
+    with Session(store.engine) as s, s.begin():
+        for st in steps:
+            ids = list(s.scalars(select(T.trace_id).where(T.run_id == run_id, T.step == st, T.split == split)
+                                 .order_by(T.step, T.split, T.row_index, T.sample_index, T.trace_id)))
+            pick = sorted(random.Random(seed * 1_000_003 + st).sample(range(len(ids)), min(n, len(ids))))
+            chosen = [ids[i] for i in pick]
+            got = {t["trace_id"]: t for t in _whole(store, s, [T.trace_id.in_(chosen)], key=lambda r: r.trace_id)}
+            out[st] = [got[i] for i in chosen]
     return out
 
 
 def eval_rows(store: RunStore, run_id: str, split: str = "valid") -> list[int]:
     """The dataset rows evaluated in a run (for the before/after picker)."""
     with Session(store.engine) as s, s.begin():
-        return list(s.scalars(select(TrajectoryRow.row_index).where(
-            TrajectoryRow.run_id == run_id, TrajectoryRow.split == split).distinct().order_by(TrajectoryRow.row_index)))
+        q = select(TrajectoryRow.row_index).where(TrajectoryRow.run_id == run_id, TrajectoryRow.split == split)
+        q = q.distinct().order_by(TrajectoryRow.row_index)
+        return list(s.scalars(q))
+
+
+def latest_verdicts(store: RunStore, trace_ids: list[str]) -> dict[str, dict]:
+    """``{trace_id: the latest audit verdict}`` for these trajectories (audits are few; no join over the run)."""
+    from agentrft.store.schema import Audit
+
+    out: dict[str, dict] = {}
+    with Session(store.engine) as s, s.begin():
+        for i in range(0, len(trace_ids), 500):
+            for a in s.scalars(select(Audit).where(Audit.trace_id.in_(trace_ids[i:i + 500])).order_by(Audit.id)):
+                out[a.trace_id] = {"verdict": a.verdict, "reviewer": a.reviewer, "note": a.note,
+                                   "created_at": a.created_at.isoformat() if a.created_at else ""}
+    return out
 
 
 def alerts_of(step_rows: list[dict]) -> list[dict]:
