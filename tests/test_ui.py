@@ -215,6 +215,8 @@ def test_approval_form_records_the_decision_and_refuses_forged_posts(client, sto
     assert client.post(f"/approvals/{aid}", data={**form, "form_key": "forged"}).status_code == 403
     assert client.post(f"/approvals/{aid}", data=form, headers={"Origin": "https://evil.example"}).status_code == 403
     assert client.post(f"/approvals/{aid}", data={**form, "decided_by": ""}).status_code == 400
+    assert client.post(f"/approvals/{aid}", data={**form, "decided_by": "x" * 201}).status_code == 400
+    assert client.post(f"/approvals/{aid}", data=form, headers={"Origin": "null"}).status_code == 403
     assert client.post(f"/approvals/{aid}", data={**form, "decision": "later"}).status_code == 400
     assert client.post("/approvals/12345", data=form).status_code == 404
     assert store.get_approval(aid)["status"] == "pending"  # nothing above changed it

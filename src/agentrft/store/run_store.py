@@ -649,6 +649,8 @@ class RunStore(JobStore):
         """Queue a tool call for a decision; returns its approval id. ``arguments``: the call's JSON text (a dict
         is serialized)."""
         args = arguments if isinstance(arguments, str) else _dumps_strict(arguments)
+        if len(trace_id) > 100 or len(tool_name) > 200:
+            raise ValueError("enqueue_approval: trace_id is at most 100 characters, tool_name at most 200")
         with self._write() as s:
             a = Approval(trace_id=trace_id, run_id=run_id, tool_name=tool_name, arguments=args, status="pending",
                          requested_at=utcnow())
@@ -675,8 +677,8 @@ class RunStore(JobStore):
         already decided is not changed (StoreError says by whom), so two reviewers cannot both decide it."""
         if decision not in ("approved", "denied"):
             raise ValueError(f"decision {decision!r}: expected 'approved' or 'denied'")
-        if not decided_by.strip():
-            raise ValueError("decided_by: say who decides")
+        if not decided_by.strip() or len(decided_by.strip()) > 200:
+            raise ValueError("decided_by: say who decides (1 to 200 characters)")
         with self._write() as s:
             a = s.get(Approval, int(approval_id))
             if a is None:

@@ -147,9 +147,9 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
     async def form_of(request: Request) -> dict[str, str]:
         """The POSTed form, after the CSRF checks (form key, same origin)."""
         origin = request.headers.get("origin")
-        if origin and origin != "null":
+        if origin:  # browsers send it with every POST; "null" (a sandboxed or privacy-redirected form) is refused too
             host = request.headers.get("host", "")
-            if origin.split("://", 1)[-1] != host:
+            if origin == "null" or origin.split("://", 1)[-1] != host:
                 raise PageError(403, "cross-origin form refused", f"a form from {origin} cannot act on this dashboard")
         body = (await request.body()).decode("utf-8", "replace")
         form = {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
@@ -302,8 +302,9 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
         if decision is None:
             raise PageError(400, "malformed form", "decision: expected approve or deny")
         who = form.get("decided_by", "").strip()
-        if not who:
-            raise PageError(400, "who decides?", "decided_by: enter your name so the decision records who made it")
+        if not who or len(who) > 200:
+            raise PageError(400, "who decides?", "decided_by: enter your name (at most 200 characters) so the decision "
+                                                 "records who made it")
         if store.get_approval(aid) is None:
             raise PageError(404, "unknown approval request", f"there is no approval request {aid}")
         try:
@@ -338,8 +339,9 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
 
         form = await form_of(request)
         who = form.get("reviewer", "").strip()
-        if not who:
-            raise PageError(400, "who reviews?", "reviewer: enter your name so the verdict records who gave it")
+        if not who or len(who) > 200:
+            raise PageError(400, "who reviews?", "reviewer: enter your name (at most 200 characters) so the verdict "
+                                                 "records who gave it")
         trace_id = form.get("trace_id", "")
         try:
             record_verdict(store, trace_id, form.get("verdict", ""), reviewer=who, note=form.get("note", ""))
