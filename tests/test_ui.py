@@ -382,3 +382,34 @@ def test_the_audit_page_draws_what_agentrft_audit_export_draws(store, run):
     by_step = item_across_evals(store, run, 2)
     assert by_step == {s: [t for t in store.trajectories(run, step=s, split="valid") if t["row_index"] == 2]
                        for s in sorted({c["step"] for c in store.checkpoints(run)})}
+
+
+def test_agentrft_ui_serves_the_store(store, run, tmp_path):
+    """The real command: `agentrft ui --store …` in a subprocess, asked over HTTP until it answers."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "agentrft.cli", "ui", "--store", store.url, "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, r = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=True)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert r is not None, proc.communicate()[0] if proc.poll() is not None else "no answer"
+        assert r.status_code == 200 and str(r.url).endswith("/ui/") and f"/ui/runs/{run}" in r.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
