@@ -295,3 +295,24 @@ def test_screenshots_of_the_other_pages(world):
         d.get(w["base"] + path)
         assert expect in d.find_element(By.TAG_NAME, "main").text, name
         _shot(w, name)
+
+
+def test_monitor_alerts_are_marked_on_the_curves(world):
+    """A run whose step 3 carries a monitor alert (recorded as the trainer's monitors record them): the chart script
+    draws a red mark at that step on every curve, with the alert's message, and the page lists it."""
+    from selenium.webdriver.common.by import By
+
+    from agentrft.ui.synthetic import fill_run
+
+    w, d = world, world["driver"]
+    _finished(w)
+    run = fill_run(w["store"], steps=8, eval_every=4, rows_per_step=4, group=2, valid_rows=4, name="with-alert")
+    d.get(f"{w['base']}/ui/runs/{run}")
+    _wait(d, lambda d: d.find_element(By.ID, "charts").get_attribute("data-loaded") == "1", "the curves never loaded")
+    figs = d.find_elements(By.CSS_SELECTOR, "figure.chart")
+    marks = [len(f.find_elements(By.CSS_SELECTOR, "svg g.alert")) for f in figs]
+    assert marks and all(m == 1 for m in marks), marks
+    title = d.execute_script("return document.querySelector('svg g.alert title').textContent")
+    assert title.startswith("step 3 train: entropy_collapse")
+    assert "entropy_collapse" in d.find_element(By.ID, "alerts").text
+    _shot(w, "run-alert")
