@@ -147,6 +147,7 @@ def _check_filters(store, everything, run):
         ({"tool": "search"}, lambda t: any(c["name"] == "search" for c in t["tool_calls"])),
         ({"grader_error": "any"}, lambda t: any(g["errors"] for g in t["grades"])),
         ({"grader_error": "other_error"}, lambda t: any("other_error" in g["errors"] for g in t["grades"])),
+        ({"grader_error": "othe__error"}, lambda t: False),  # "_" is literal here (as a LIKE wildcard it matches other_error)
         ({"outcome": "completed", "tool": "read_file", "run": run},
          lambda t: t["run_id"] == run and t["outcome"] == "completed"
          and any(c["name"] == "read_file" for c in t["tool_calls"])),

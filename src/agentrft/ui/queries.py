@@ -122,7 +122,7 @@ def _conditions(f: TrajFilter, *, page: bool = False) -> list[Any]:
         # error flags are stored as the true ones only ({} when none), so "any" is "not the empty object"
         text = cast(GradeRow.errors, String)
         cond = (text.notin_(["{}", ""]) if f.grader_error == "any"
-                else text.like(f'%"{f.grader_error}"%'))
+                else text.like(f'%"{f.grader_error.replace("_", chr(92) + "_")}"%', escape=chr(92)))
         conds.append(exists().where(GradeRow.trace_id == T.trace_id, cond))
     return conds
 
