@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrft.loggers import Loggers, LoggerConfigError, Sink, check_loggers, open_loggers, scalars
+from agentrft.loggers import LoggerConfigError, Loggers, Sink, check_loggers, open_loggers, scalars
 from agentrft.ui.synthetic import synthetic_trajectory
 
 RUN = "run-20261129-120000-beef"
@@ -200,10 +200,10 @@ def test_trackio_local_store(tmp_path):
 def test_the_trainer_sends_the_store_metrics_to_its_loggers(tiny_model, tmp_path, monkeypatch):
     """A real short run with ``loggers`` set: every recorded step and eval reaches the sinks with the store's metric
     values (a recording sink beside the real ones installed here; tensorboard's event files are read back too)."""
+    import lookup_task
     import yaml
 
     import agentrft.loggers as lg
-    import lookup_task
     from agentrft.config import load_config
     from agentrft.rl.trainer import train
     from agentrft.store import RunStore
@@ -255,9 +255,9 @@ def test_the_trainer_sends_the_store_metrics_to_its_loggers(tiny_model, tmp_path
 
 
 def test_a_missing_sink_package_fails_the_run_before_it_starts(tmp_path, monkeypatch):
+    import lookup_task
     import yaml
 
-    import lookup_task
     from agentrft.config import load_config
     from agentrft.rl.trainer import TrainingError, train
 

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from unittest import mock
 
 import httpx
+import lookup_task
 import pytest
 import yaml
 
-import lookup_task
 from agentrft.store import RunStore
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -37,8 +37,19 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentrft.store import AmbiguousRunId, RunStore, StoreError
-from agentrft.ui.queries import COUNT_CAP, OUTCOMES, PAGE_SIZES, FilterError, TrajFilter, alerts_of, audit_sample, \
-    eval_rows, item_across_evals, latest_verdicts, list_trajectories
+from agentrft.ui.queries import (
+    COUNT_CAP,
+    OUTCOMES,
+    PAGE_SIZES,
+    FilterError,
+    TrajFilter,
+    alerts_of,
+    audit_sample,
+    eval_rows,
+    item_across_evals,
+    latest_verdicts,
+    list_trajectories,
+)
 
 HERE = Path(__file__).parent
 COOKIE = "agentrft_ui"
