@@ -68,6 +68,19 @@ def test_run_page_shows_checkpoints_timings_config_alerts_and_the_metrics_endpoi
     assert train[0]["kl"] == store.step_metrics(run, "train")[0]["kl"] and "grader/process" in train[0]
     assert [a["signal"] for a in data["alerts"]] == ["entropy_collapse"] and data["alerts"][0]["step"] == 3
     assert client.get("/api/runs/nope/metrics").status_code == 404
+    # polling an unchanged run costs a 304; a new record changes the answer
+    first = client.get(f"/api/runs/{run}/metrics")
+    etag = first.headers["etag"]
+    assert client.get(f"/api/runs/{run}/metrics", headers={"If-None-Match": etag}).status_code == 304
+    import random
+
+    from agentrft.ui.synthetic import synthetic_trajectory
+
+    store.record_step(run, 7, "train", {"reward_mean": 0.75, "kl": 0.5},
+                      [synthetic_trajectory(random.Random(1), "etag", 7, 0, 0, "train")])
+    again = client.get(f"/api/runs/{run}/metrics", headers={"If-None-Match": etag})
+    assert again.status_code == 200 and again.headers["etag"] != etag
+    assert again.json()["series"]["train"][-1] == {"step": 7, "reward_mean": 0.75, "kl": 0.5}
 
 
 def test_trajectory_page_shows_turns_tool_calls_grades_versions_and_turn_scores(client, store, run):

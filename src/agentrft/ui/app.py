@@ -21,6 +21,7 @@ naming the parameter; nothing returns a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
@@ -214,6 +215,13 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
             return JSONResponse({"error": str(e)}, status_code=400)
         if run is None:
             return JSONResponse({"error": f"no run {run_id!r}"}, status_code=404)
+        # every record_step and status change moves updated_at: an unchanged run answers 304 without reading its
+        # steps (the page polls every 2 s; a long run's series is megabytes)
+        version = f"{run['updated_at']}|{run['status']}|{run['latest_step']}"
+        etag = '"' + hashlib.sha256(version.encode()).hexdigest()[:20] + '"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
         rows = store.step_metrics(run["id"])
         keep = {k for _, keys in CHARTS for k in keys if not k.endswith("*")}
         series: dict[str, list[dict]] = {}
@@ -222,7 +230,7 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
                   and not isinstance(v, bool) and math.isfinite(v)}
             series.setdefault(r["split"], []).append({"step": r["step"], **pt})
         return JSONResponse({"run": run["id"], "status": run["status"], "updated_at": run["updated_at"],
-                             "series": series, "alerts": alerts_of(rows)})
+                             "series": series, "alerts": alerts_of(rows)}, headers=headers)
 
     # ---- trajectories -------------------------------------------------------------------------------------
     @app.get("/trajectories", response_class=HTMLResponse)
