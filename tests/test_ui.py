@@ -427,3 +427,15 @@ def test_agentrft_ui_serves_the_store(store, run, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_running_run_whose_heartbeat_went_stale_shows_as_interrupted(client, store, run):
+    from datetime import datetime, timedelta, timezone
+
+    store.set_status(run, "running")
+    store.heartbeat(run, at=datetime.now(timezone.utc) - timedelta(hours=1))
+    row = re.search(rf'<tr class="run" data-run="{run}">(.*?)</tr>', client.get("/").text, re.S).group(1)
+    assert ">interrupted<" in row
+    assert client.get(f"/api/runs/{run}/metrics").json()["status"] == "interrupted"
+    store.heartbeat(run)
+    assert ">running<" in client.get(f"/runs/{run}").text

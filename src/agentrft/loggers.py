@@ -171,6 +171,9 @@ class WandbSink(Sink):
 
     def close(self):
         self.run.finish()
+        # finish() can return before wandb's service process has written the run's records to the offline file;
+        # teardown waits for it (and frees the service; a later wandb.init starts a new one)
+        self.wandb.teardown()
 
 
 class TrackioSink(Sink):

@@ -106,13 +106,13 @@ class Trainer:
     def _setup(self) -> None:
         self._check_inputs()  # everything that can be wrong with the inputs, before the model loads
         model_path = self._open_run()
-        from agentrft.loggers import open_loggers
-
-        self.loggers = open_loggers(self.cfg.loggers, self.run_dir, self.run_id, self.cfg.model_dump(),
-                                    name=self.cfg.name or Path(self.cfg.training_file).stem, say=self._say)
         self._load_learner(model_path)
         if self.resume_id:
             self._restore()
+        from agentrft.loggers import open_loggers  # last: a start that fails before here leaves no tracker run open
+
+        self.loggers = open_loggers(self.cfg.loggers, self.run_dir, self.run_id, self.cfg.model_dump(),
+                                    name=self.cfg.name or Path(self.cfg.training_file).stem, say=self._say)
         self.store.set_status(self.run_id, "running")
 
     def _check_inputs(self) -> None:

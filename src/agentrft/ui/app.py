@@ -38,6 +38,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentrft.store import AmbiguousRunId, RunStore, StoreError
+from agentrft.store.run_store import display_status
 from agentrft.ui.queries import (
     COUNT_CAP,
     OUTCOMES,
@@ -108,6 +109,7 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html", "jinja"]))
     env.filters["fmt"] = _fmt
     env.filters["pretty"] = _pretty
+    env.filters["shown_status"] = display_status  # "interrupted" for a running run whose heartbeat went stale
     form_key = secrets.token_urlsafe(24)
     app.state.store, app.state.form_key = store, form_key
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -217,7 +219,7 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
             return JSONResponse({"error": f"no run {run_id!r}"}, status_code=404)
         # every record_step and status change moves updated_at: an unchanged run answers 304 without reading its
         # steps (the page polls every 2 s; a long run's series is megabytes)
-        version = f"{run['updated_at']}|{run['status']}|{run['latest_step']}"
+        version = f"{run['updated_at']}|{display_status(run)}|{run['latest_step']}"
         etag = '"' + hashlib.sha256(version.encode()).hexdigest()[:20] + '"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if request.headers.get("if-none-match") == etag:
@@ -229,7 +231,7 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
             pt = {k: v for k, v in r.items() if (k in keep or k.startswith("grader/")) and isinstance(v, (int, float))
                   and not isinstance(v, bool) and math.isfinite(v)}
             series.setdefault(r["split"], []).append({"step": r["step"], **pt})
-        return JSONResponse({"run": run["id"], "status": run["status"], "updated_at": run["updated_at"],
+        return JSONResponse({"run": run["id"], "status": display_status(run), "updated_at": run["updated_at"],
                              "series": series, "alerts": alerts_of(rows)}, headers=headers)
 
     # ---- trajectories -------------------------------------------------------------------------------------
