@@ -644,6 +644,7 @@ class RunStore(JobStore):
         with self._read() as s:
             return [{**{f: getattr(r, f) for f in self._TRACE_FIELDS if f != "meta"}, "metadata": r.meta,
                      "id": r.id, "created_at": _iso(r.created_at)} for r in s.scalars(q)]
+
     # ---- approvals: tool calls waiting for a person (enqueued by the approval flow, decided in `agentrft ui`) ---
     def enqueue_approval(self, trace_id: str, tool_name: str, arguments: Any, *, run_id: str | None = None) -> int:
         """Queue a tool call for a decision; returns its approval id. ``arguments``: the call's JSON text (a dict
