@@ -188,6 +188,9 @@ def test_create_maps_hyperparameters_and_warns_about_what_it_ignores(client, fil
     events = client.fine_tuning.jobs.list_events(job.id).data
     warns = [e.message for e in events if e.level == "warn"]
     assert any("reasoning_effort" in w for w in warns) and any("wandb" in w for w in warns)
+    import importlib.util
+
+    assert cfg["loggers"] == (["wandb"] if importlib.util.find_spec("wandb") else [])  # honoured where installed
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "search"}).data] == [job.id]
     assert client.fine_tuning.jobs.list(metadata={"team": "other"}).data == []
     # lifecycle without a worker: pause a queued job, resume it, cancel it

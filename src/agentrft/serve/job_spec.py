@@ -6,7 +6,8 @@ Every mapping is documented in docs/openai-api.md; in short (``N`` = the model's
 * ``compute_multiplier`` scales the rollouts per task: ``group_size = clamp(round(4 × cm), 2, 64)`` (``auto`` = 1);
 * ``batch_size`` (tasks per step) ``auto`` = min(8, training rows); ``n_epochs`` ``auto`` = 1 (RL) / 3 (SFT);
   ``eval_interval`` ``auto`` = ceil(total steps / 5); ``eval_samples`` ``auto`` = 1;
-* ``reasoning_effort`` other than ``auto``/``default``, wandb integrations: not applied → a ``warn`` event;
+* ``reasoning_effort`` other than ``auto``/``default``: not applied → a ``warn`` event; a wandb integration turns on
+  the run's wandb logger where the package is installed (``wandb_loggers``), else a ``warn`` event;
 * Agent RFT's ``tools`` and ``max_episode_steps`` and the ``endpoint`` grader map one to one;
 * ``hyperparameters.agentrft``: any field of our own ``Hyperparameters`` (``agentrft.config``), applied last.
 
@@ -122,6 +123,27 @@ def _check_keys(obj: Any, allowed: tuple[str, ...], prefix: str) -> dict:
         if k not in allowed:
             raise bad(f"{prefix}: unknown field {k!r} (allowed: {', '.join(allowed)})", f"{prefix}.{k}")
     return obj
+
+
+def wandb_loggers(integrations: list[dict[str, Any]], warnings: list[str]) -> list[str]:
+    """The run's ``loggers`` for a job's ``integrations``: a wandb integration turns on the wandb sink
+    (agentrft.loggers: offline under the run directory unless WANDB_API_KEY / WANDB_MODE is set where the worker
+    runs) when the package is installed, else a warning says it is not honoured. What the sink does not take from
+    the integration (project, entity, name, tags: it uses WANDB_PROJECT or the run name) is said in a warning."""
+    import importlib.util
+
+    if not any(it.get("type") == "wandb" for it in integrations):
+        return []
+    if importlib.util.find_spec("wandb") is None:
+        warnings.append("the wandb integration is not honoured: the wandb package is not installed where this "
+                        "server runs (pip install 'agentrft[wandb]'); every metric is in this job's metrics events "
+                        "and result file")
+        return []
+    opts = sorted({k for it in integrations if it.get("type") == "wandb" for k in (it.get("wandb") or {})})
+    warnings.append("wandb: metrics and trajectories go to W&B, offline under the run directory unless WANDB_API_KEY "
+                    "or WANDB_MODE is set for the worker; the project is WANDB_PROJECT or the run name"
+                    + (f" (not applied from the integration: {', '.join(opts)})" if opts else ""))
+    return ["wandb"]
 
 
 def _pydantic_param(e: ValidationError, prefix: str, our_prefix: str = "hyperparameters") -> tuple[str, str]:
@@ -309,12 +331,9 @@ def reinforcement_spec(sub: dict, src: Source, train: dict, valid: dict | None, 
     total = hp.max_steps or hp.n_epochs * math.ceil(n_train / hp.batch_size)
     if not valid:
         warnings.append("no validation_file: no evaluations run, so the job's model is its final checkpoint")
-    for it in integrations:
-        if it.get("type") == "wandb":
-            warnings.append("the wandb integration is not honoured by this server; every metric is in this job's "
-                            "metrics events and result file")
+    loggers = wandb_loggers(integrations, warnings)
     run_cfg = {
-        "name": name, "model": src.path, "training_file": train["path"],
+        "name": name, "model": src.path, "training_file": train["path"], "loggers": loggers,
         "validation_file": valid["path"] if valid else None, "tools": tools, "grader": sub["grader"],
         "response_format": sub.get("response_format"), "hyperparameters": hp.model_dump(),
         "store": store_url, "output_dir": output_dir, "base_dir": output_dir,
