@@ -188,6 +188,20 @@ def test_malformed_requests_are_400_never_500(server, body, param):
     assert "Traceback" not in r.text
 
 
+def test_the_dashboard_is_mounted_under_ui_behind_the_servers_token(server, client):
+    """``agentrft serve`` with a store serves the dashboard at /ui, gated by the server's own token: a Bearer header,
+    or the browser login (``?token=`` sets the dashboard's cookie); without it, 401 — never the pages."""
+    _chat(client, [{"role": "user", "content": "hello"}], max_tokens=4)  # a traced request, so the store is not empty
+    assert httpx.get(server.base_url + "/ui/").status_code == 401
+    assert httpx.get(server.base_url + "/ui/?token=wrong", follow_redirects=False).status_code == 401
+    r = httpx.get(server.base_url + "/ui/", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and "<html" in r.text.lower() and "runs" in r.text.lower()
+    with httpx.Client(base_url=server.base_url, follow_redirects=True) as browser:  # the cookie login
+        r = browser.get(f"/ui/?token={TOKEN}")
+        assert r.status_code == 200 and "<html" in r.text.lower()
+        assert browser.get("/ui/registry").status_code == 200  # the cookie carries on, no header
+
+
 def test_unknown_route_missing_token_and_health(server):
     r = httpx.get(server.url + "/nothing", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 404 and "error" in r.json()

@@ -159,7 +159,9 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
     # ---- auth and body size, before anything reads the body ----------------------------------------------
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Response:
-        if cfg.token and request.url.path != "/health":
+        # the dashboard under /ui checks the same token itself (a Bearer header, or the cookie its ?token= login sets
+        # for browsers, which send no Authorization header)
+        if cfg.token and request.url.path != "/health" and not _is_ui(request.url.path):
             auth = request.headers.get("authorization", "")
             scheme, _, given = auth.partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), cfg.token.encode()):
@@ -597,7 +599,17 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
 
     mount_fine_tuning(app, st, body_as)
 
+    # ---- the dashboard (agentrft ui) over the server's store, behind the server's token -----------------------
+    if st.store is not None:
+        from agentrft.ui import make_ui_app
+
+        app.mount("/ui", make_ui_app(st.store, token=cfg.token))
+
     return app
+
+
+def _is_ui(path: str) -> bool:
+    return path == "/ui" or path.startswith("/ui/")
 
 
 # ---------------------------------------------------------------------------------------------------------------
