@@ -43,8 +43,8 @@ def _config(tmp: Path, model: Path, files: dict[str, Path], steps: int, save_int
     return p
 
 
-def _agentrft(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _agentrft(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "agentrft.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -54,33 +54,30 @@ def test_kill_and_resume(tiny_model, tmp_path):
     cfg = _config(tmp_path, tiny_model, files, steps=6)
     store_url = "sqlite:///" + str(tmp_path / "runs" / "agentrft.db")
 
-    proc = _agentrft("train", str(cfg), "--no-progress")
+    # the kill lands at a known moment, whatever the machine's speed: the run waits (the checkpoint writer's test
+    # hook) when it starts writing step 4's `latest`, after step 4's records are in the store — so `latest` holds
+    # step 3 and the resume must delete step 4's records and run it again
+    paused = tmp_path / "paused"
+    proc = _agentrft("train", str(cfg), "--no-progress", env={
+        "AGENTRFT_TEST_CHECKPOINT_PAUSE": "writing", "AGENTRFT_TEST_CHECKPOINT_PAUSE_STEP": "4",
+        "AGENTRFT_TEST_CHECKPOINT_PAUSE_FILE": str(paused)})
     deadline = time.time() + 240
-    run_id = None
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if not (tmp_path / "runs" / "agentrft.db").exists():
-            continue
-        st = RunStore(store_url)
-        runs = st.list_runs()
-        if runs and len(st.step_metrics(runs[0]["id"], split="train")) >= 2:
-            run_id = runs[0]["id"]
-            st.close()
-            break
-        st.close()
-    assert run_id is not None, "the run never reached step 2: " + (proc.stdout.read() if proc.poll() is not None else "")
+    while time.time() < deadline and proc.poll() is None and not paused.exists():
+        time.sleep(0.2)
+    assert paused.exists(), "the run never reached step 4's save: " + (proc.stdout.read() if proc.poll() is not None else "")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
 
     st = RunStore(store_url)
+    run_id = st.list_runs()[0]["id"]
     before = {m["step"] for m in st.step_metrics(run_id, split="train")}
-    assert before and max(before) < 6
+    assert before == {1, 2, 3, 4}
     st.close()
 
     proc = _agentrft("train", str(cfg), "--no-progress", "--resume", run_id[:12])
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert f"resuming {run_id}" in out
+    assert f"resuming {run_id} at step 4 (removed " in out  # step 4 came after `latest`: deleted, run again
 
     st = RunStore(store_url)
     assert st.get_run(run_id)["status"] == "succeeded"
