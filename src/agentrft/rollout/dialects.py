@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from agentrft.rollout.parse import ParsedCall, ParsedTurn, _call_from_obj, parse_turn
+from agentrft.rollout.parse import ParsedCall, ParsedTurn, _call_from_obj, calls_from_objects, parse_turn
 
 
 @dataclass(frozen=True)
@@ -133,13 +133,7 @@ def parse_llama3_json(text: str) -> ParsedTurn:
         if tagged:
             return ParsedTurn("", [], ["malformed tool call: JSON without a name and parameters"])
         return ParsedTurn(text.strip())
-    calls, errors = [], []
-    for o in items:
-        try:
-            calls.append(_call_from_obj(o))
-        except ValueError as e:
-            errors.append(f"malformed tool call: {e}")
-    return ParsedTurn("", calls, errors)
+    return ParsedTurn("", *calls_from_objects(items))
 
 
 # ---- Mistral ----------------------------------------------------------------------------------------------------

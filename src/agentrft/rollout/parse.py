@@ -62,6 +62,17 @@ def _call_from_obj(obj: Any) -> ParsedCall:
     return ParsedCall(name, json.dumps(args, ensure_ascii=False))
 
 
+def calls_from_objects(items: list[Any]) -> tuple[list[ParsedCall], list[str]]:
+    """Each JSON object as a call, or a ``malformed tool call`` error saying why (the other calls are kept)."""
+    calls, errors = [], []
+    for o in items:
+        try:
+            calls.append(_call_from_obj(o))
+        except ValueError as e:
+            errors.append(f"malformed tool call: {e}")
+    return calls, errors
+
+
 def parse_turn(text: str) -> ParsedTurn:
     calls: list[ParsedCall] = []
     errors: list[str] = []
@@ -93,10 +104,6 @@ def parse_turn(text: str) -> ParsedTurn:
             for o in items
         )
         if looks_like_calls:
-            for o in items:
-                try:
-                    calls.append(_call_from_obj(o))
-                except ValueError as e:
-                    errors.append(f"malformed tool call: {e}")
+            calls, errors = calls_from_objects(items)
             return ParsedTurn("", calls, errors)
     return ParsedTurn(stripped)

@@ -296,6 +296,15 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
             return [secrets.randbits(63) for _ in range(n)]
         return [seed + i for i in range(n)]  # choice 0 is exactly the agent loop's manual_seed(seed)
 
+    async def run_or_refund(request: Request, target: Target, reqs: list[GenRequest], reserved: int) -> None:
+        """``run_all``; when it fails or is cancelled nothing was answered, so the rate-limit reservation goes back."""
+        try:
+            await run_all(request, target, reqs)
+        except BaseException:
+            if st.limiter is not None:
+                st.limiter.refund(client_key(request), reserved)
+            raise
+
     async def run_all(request: Request, target: Target, reqs: list[GenRequest]) -> None:
         """Submit and wait for every choice; a client that disconnects cancels them (frees their slots)."""
         loop = asyncio.get_running_loop()
@@ -410,12 +419,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                 _chat_stream(request, target, req, gens, cid, created, offered is not None, finish, forced),
                 media_type="text/event-stream", headers={**hdrs, "Cache-Control": "no-cache"})
 
-        try:
-            await run_all(request, target, gens)
-        except BaseException:
-            if st.limiter is not None:  # nothing was answered: give the reservation back
-                st.limiter.refund(client_key(request), reserved)
-            raise
+        await run_or_refund(request, target, gens, reserved)
         choices, all_calls = [], []
         for i, r in enumerate(gens):
             ids, text = output_text(target, r)
@@ -558,12 +562,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         ss = seeds(req.seed, req.n)
         gens = [GenRequest(list(p), params, ss[k], target.variant, stop=list(req.stop), top_logprobs=top)
                 for p in prompts for k in range(req.n)]
-        try:
-            await run_all(request, target, gens)
-        except BaseException:
-            if st.limiter is not None:  # nothing was answered: give the reservation back
-                st.limiter.refund(client_key(request), reserved)
-            raise
+        await run_or_refund(request, target, gens, reserved)
         choices = []
         for i, r in enumerate(gens):
             ids, text = output_text(target, r)
