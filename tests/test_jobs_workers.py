@@ -60,7 +60,10 @@ def _create(client, files, tools_url, steps: int, **extra):
             "grader": lt.GRADER_SHAPED, "tools": [{"name": "lookup", "server_url": tools_url + "/"}],
             "hyperparameters": {"batch_size": 2, "eval_interval": 2, "compute_multiplier": 0.5,
                                 "agentrft": {"max_steps": steps, "max_new_tokens": 16, "max_turns": 3,
-                                             "save_interval_s": 0, **extra}}}})
+                                             "save_interval_s": 0,
+                                             # an untrained tiny model may earn no reward 3 steps running:
+                                             # these tests are about the job's lifecycle, not its signal
+                                             "max_signal_free_steps": 0, **extra}}}})
 
 
 def test_pause_resume_kill_restart_resume(setup):

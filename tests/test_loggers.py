@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrft.loggers import LoggerConfigError, Loggers, Sink, check_loggers, open_loggers, scalars
+from agentrft.loggers import SINKS, LoggerConfigError, Loggers, Sink, check_loggers, open_loggers, scalars
 from agentrft.ui.synthetic import synthetic_trajectory
 
 RUN = "run-20261129-120000-beef"
@@ -48,9 +48,12 @@ def test_scalars_keep_store_names_under_the_split_and_drop_non_numbers():
 
 
 def test_unknown_or_missing_sinks_are_errors_naming_the_entry_and_extra(monkeypatch):
+    real = importlib.util.find_spec
+    # CI installs no sink extras: make tensorboard look installed so the unknown entry is the one reported
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == SINKS["tensorboard"] else real(name, *a))
     with pytest.raises(LoggerConfigError, match=r"loggers\[1\]: unknown logger 'neptune'"):
         check_loggers(["tensorboard", "neptune"])
-    real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(LoggerConfigError, match=r"loggers\[0\]: wandb is not installed: pip install 'agentrft\[wandb\]'"):
         check_loggers(["wandb"])
