@@ -39,6 +39,7 @@ from agentrft.store.schema import (
     Audit,
     Base,
     CheckpointRow,
+    FeedbackRow,
     GradeRow,
     Meta,
     RegistryEntry,
@@ -223,12 +224,14 @@ class RunStore(JobStore):
                     if not insp.has_table("runs"):
                         raise StoreError(f"store {self.where} is not an agentrft store (it has no runs table)")
                     has_beat = "heartbeat_at" in {c["name"] for c in insp.get_columns("runs")}
-                if mode == "existing" and not has_beat:
+                    has_arm = insp.has_table("traces") and "arm" in {c["name"] for c in insp.get_columns("traces")}
+                if mode == "existing" and not (has_beat and has_arm):
                     with self._writer.begin() as conn:
                         Base.metadata.create_all(conn)
                         _migrate(conn)
                         ensure_indexes(conn)
             self._has_heartbeat = True if mode != "read" else has_beat
+            self._has_arm = True if mode != "read" else has_arm
             if mode != "read":
                 with self._write() as s:
                     v = s.get(Meta, "schema_version")
@@ -613,7 +616,8 @@ class RunStore(JobStore):
     # ---- production traces (agentrft serve) ---------------------------------------------------------------
     _TRACE_FIELDS = ("request_id", "trace_id", "endpoint", "model", "checkpoint_id", "status", "error", "messages",
                      "tools", "params", "choices", "tool_calls", "prompt_tokens", "completion_tokens", "latency_s",
-                     "user", "meta")
+                     "user", "meta", "deployment", "arm")
+    TRACE_ARMS = ("production", "candidate", "shadow")
 
     def record_traces(self, traces: list[dict]) -> None:
         """Record served requests (dicts with the fields of ``TraceRow``; ``metadata`` is accepted for ``meta``) in
@@ -630,20 +634,75 @@ class RunStore(JobStore):
                     raise StoreError(f"record_traces: unknown fields {sorted(unknown)}")
                 if not t.get("request_id") or not t.get("trace_id"):
                     raise StoreError("record_traces: request_id and trace_id are required")
+                if t.get("arm") is not None and t["arm"] not in self.TRACE_ARMS:
+                    raise StoreError(f"record_traces: arm {t['arm']!r} is not one of {self.TRACE_ARMS}")
                 s.add(TraceRow(**{"created_at": utcnow(), **t}))
 
-    def traces(self, *, trace_id: str | None = None, model: str | None = None, limit: int | None = None) -> list[dict]:
-        """Served requests, oldest first; filtered by the client's ``trace_id`` and/or ``model``."""
+    def traces(self, *, trace_id: str | None = None, model: str | None = None, deployment: str | None = None,
+               arm: str | None = None, since: datetime | None = None, until: datetime | None = None,
+               after_id: int | None = None, limit: int | None = None) -> list[dict]:
+        """Served requests, oldest first; filtered by the client's ``trace_id``, ``model``, ``deployment`` and
+        ``arm``, a time window (``since`` inclusive, ``until`` exclusive, UTC) and/or ``after_id`` (keyset paging:
+        rows with ``id > after_id``)."""
+        from sqlalchemy.orm import undefer
+
         q = select(TraceRow).order_by(TraceRow.id)
-        if trace_id is not None:
-            q = q.where(TraceRow.trace_id == trace_id)
-        if model is not None:
-            q = q.where(TraceRow.model == model)
+        if self._has_arm:
+            q = q.options(undefer(TraceRow.deployment), undefer(TraceRow.arm))
+        elif deployment is not None or arm is not None:
+            return []  # a version-2 store opened read-only: it has no deployment requests
+        for col, value in ((TraceRow.trace_id, trace_id), (TraceRow.model, model), (TraceRow.deployment, deployment),
+                           (TraceRow.arm, arm)):
+            if value is not None:
+                q = q.where(col == value)
+        if since is not None:
+            q = q.where(TraceRow.created_at >= since)
+        if until is not None:
+            q = q.where(TraceRow.created_at < until)
+        if after_id is not None:
+            q = q.where(TraceRow.id > int(after_id))
         if limit is not None:
             q = q.limit(int(limit))
+        plain = [f for f in self._TRACE_FIELDS if f not in ("meta", "deployment", "arm")]
         with self._read() as s:
-            return [{**{f: getattr(r, f) for f in self._TRACE_FIELDS if f != "meta"}, "metadata": r.meta,
+            return [{**{f: getattr(r, f) for f in plain}, "metadata": r.meta,
+                     "deployment": r.deployment if self._has_arm else None, "arm": r.arm if self._has_arm else None,
                      "id": r.id, "created_at": _iso(r.created_at)} for r in s.scalars(q)]
+
+    # ---- user feedback on served answers (POST /v1/feedback) ------------------------------------------------
+    def add_feedback(self, trace_id: str, *, score: float | None = None, label: str | None = None,
+                     comment: str = "", actor: str = "", request_id: str | None = None) -> dict:
+        """Record one verdict on a served conversation; at least one of ``score`` (a finite number) and ``label``.
+        Returns the stored row."""
+        if not trace_id or len(trace_id) > 200:
+            raise ValueError("feedback: trace_id is required (at most 200 characters)")
+        if score is None and not label:
+            raise ValueError("feedback: give a score or a label")
+        if score is not None:
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(float(score)):
+                raise ValueError(f"feedback: score must be a finite number, got {score!r}")
+            score = float(score)
+        if label is not None and len(label) > 200:
+            raise ValueError("feedback: label is at most 200 characters")
+        with self._write() as s:
+            f = FeedbackRow(trace_id=trace_id, request_id=request_id, score=score, label=label, comment=comment or "",
+                            actor=actor or "", created_at=utcnow())
+            s.add(f)
+            s.flush()
+            return _feedback_dict(f)
+
+    def feedback(self, *, trace_ids: list[str] | None = None, since: datetime | None = None) -> list[dict]:
+        """Feedback rows, oldest first, for the given conversations (all when None) and/or since a time."""
+        q = select(FeedbackRow).order_by(FeedbackRow.id)
+        if since is not None:
+            q = q.where(FeedbackRow.created_at >= since)
+        with self._read() as s:
+            if trace_ids is None:
+                return [_feedback_dict(f) for f in s.scalars(q)]
+            out: list[dict] = []
+            for chunk in _chunks(list(dict.fromkeys(trace_ids))):
+                out += [_feedback_dict(f) for f in s.scalars(q.where(FeedbackRow.trace_id.in_(chunk)))]
+            return sorted(out, key=lambda f: f["id"])
 
     # ---- approvals: tool calls waiting for a person (enqueued by the approval flow, decided in `agentrft ui`) ---
     def enqueue_approval(self, trace_id: str, tool_name: str, arguments: Any, *, run_id: str | None = None) -> int:
@@ -815,11 +874,19 @@ def _migrate(conn: Any) -> None:
     so two processes opening one old store do not both alter it)."""
     from sqlalchemy import inspect
 
-    cols = {c["name"] for c in inspect(conn).get_columns("runs")}
-    if "heartbeat_at" not in cols:
-        coltype = Run.__table__.c.heartbeat_at.type.compile(dialect=conn.dialect)
-        exists = "" if conn.dialect.name == "sqlite" else "IF NOT EXISTS "
-        conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {exists}heartbeat_at {coltype}")
+    insp = inspect(conn)
+    exists = "" if conn.dialect.name == "sqlite" else "IF NOT EXISTS "
+    for table, names in ((Run.__table__, ("heartbeat_at",)), (TraceRow.__table__, ("deployment", "arm"))):
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for name in names:
+            if name not in have:
+                coltype = table.c[name].type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {exists}{name} {coltype}")
+
+
+def _feedback_dict(f: FeedbackRow) -> dict:
+    return {"id": f.id, "trace_id": f.trace_id, "request_id": f.request_id, "score": f.score, "label": f.label,
+            "comment": f.comment, "actor": f.actor, "created_at": _iso(f.created_at)}
 
 
 def _stale(status: str | None, beat: datetime | None, now: datetime | None = None) -> bool:

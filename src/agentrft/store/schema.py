@@ -29,7 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2  # 2: runs.heartbeat_at (added in place to version-1 stores on their first write open)
+SCHEMA_VERSION = 3  # 2: runs.heartbeat_at; 3: traces.deployment/arm and the feedback table (columns added in place
+#                      to older stores on their first write open)
 
 
 def utcnow() -> datetime:
@@ -221,6 +222,29 @@ class TraceRow(Base):
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     user: Mapped[str | None] = mapped_column(String(400), nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A request to a deployment's name (``agentrft deploy``): the deployment, and which arm answered it —
+    # ``production``, ``candidate`` (a canary's share, or after ``full``) or ``shadow`` (the candidate's answer to a
+    # shadowed request, recorded and graded, never returned). None for requests to a model id. Deferred: a read-only
+    # open of a version-2 store, which lacks them, must still read its traces.
+    deployment: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True, deferred=True)
+    arm: Mapped[str | None] = mapped_column(String(16), nullable=True, deferred=True)
+
+
+class FeedbackRow(Base):
+    """A person's (or a client's) verdict on a served answer: ``POST /v1/feedback {trace_id, score | label,
+    comment}``. Keyed by the conversation's ``trace_id`` (optionally one ``request_id`` of it); several per trace
+    are kept (the newest wins where one is needed). Read by deployment KPIs and ``traces export``."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trace_id: Mapped[str] = mapped_column(String(200), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
