@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentrft.rollout.parse import parse_turn
 from agentrft.rollout.render import TemplateError
+from agentrft.serve.approvals import ApprovalHold
 from agentrft.serve.config import ServeConfig
 from agentrft.serve.errors import APIError, validation_message
 from agentrft.serve.limits import Metrics, TokenRateLimiter
@@ -92,6 +93,7 @@ class ServerState:
         self.manager = manager or ModelManager(cfg, metrics=self.metrics, store=store)
         self.limiter = TokenRateLimiter(cfg.rate_limit_tpm) if cfg.rate_limit_tpm else None
         self.traces = TraceWriter(store) if (store is not None and cfg.record_traces) else None
+        self.approvals = ApprovalHold(store, cfg)  # tool calls held for a person's decision (issue 17)
         m = self.metrics
         m.gauges["agentrft_queue_depth"] = lambda: sum(w.queue_depth() for w in self.manager.workers())
         m.gauges["agentrft_active_sequences"] = lambda: sum(w.active() for w in self.manager.workers())
@@ -373,6 +375,8 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         messages = [_template_message(m) for m in req.messages]
         tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
         offered = None if req.tool_choice == "none" else tools
+        if req.stream:
+            st.approvals.check_stream(offered)
         try:
             prompt = await asyncio.to_thread(target.renderer.prompt_ids, messages, offered)
         except TemplateError as e:
@@ -438,9 +442,10 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         usage = _usage(len(prompt), sum(len(r.ids) for r in gens))
         body = {"id": cid, "object": "chat.completion", "created": created, "model": req.model,
                 "system_fingerprint": target.checkpoint, "choices": choices, "usage": usage}
-        finish([{"index": c["index"], "message": c["message"], "finish_reason": c["finish_reason"]} for c in choices],
-               all_calls, usage)
-        return JSONResponse(body, headers=hdrs)
+        body, status = await st.approvals.hold(request, body, choices, trace_id)  # 200, or 202 pending approval
+        finish([{"index": c["index"], "message": c["message"], "finish_reason": c["finish_reason"],
+                 **({"approvals": c["approvals"]} if "approvals" in c else {})} for c in choices], all_calls, usage)
+        return JSONResponse(body, status_code=status, headers=hdrs)
 
     async def _chat_stream(request: Request, target: Target, req: ChatCompletionRequest, gens: list[GenRequest],
                            cid: str, created: int, tools_on: bool, finish: Any, forced: str = ""
@@ -597,6 +602,13 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
     from agentrft.serve.jobs import mount_fine_tuning
 
     mount_fine_tuning(app, st, body_as)
+
+    # ---- user feedback and production approvals (issue 17: serve/feedback.py, serve/approvals.py) -------------
+    from agentrft.serve.approvals import mount_approvals
+    from agentrft.serve.feedback import mount_feedback
+
+    mount_feedback(app, st, body_as)
+    mount_approvals(app, st, body_as)
 
     # ---- the dashboard (agentrft ui) over the server's store, behind the server's token -----------------------
     if st.store is not None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agentrft.config import ConfigError, _format_errors, parse_config, read_yaml
 from agentrft.serve.jobs_config import JobsConfig  # fine-tuning jobs (issue 16)
+from agentrft.serve.approvals_config import ApprovalSettings, ServedTool, tools_from_run_config  # (issue 17)
 
 
 class ServeConfig(BaseModel):
@@ -45,6 +46,10 @@ class ServeConfig(BaseModel):
         return v
     # ---- fine-tuning jobs (issue 16: serve/jobs.py, serve/job_worker.py) ----
     jobs: JobsConfig = Field(default_factory=JobsConfig, description="files, fine-tuning jobs and their workers")
+    # ---- production approvals (issue 17: serve/approvals.py) ----
+    tools: list[ServedTool] = Field(default_factory=list, description="tool declarations: {name, requires_approval}"
+                                    " — calls of a requires_approval tool are held until a person decides")
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings, description="how held answers wait")
 
 
 def is_loopback(host: str) -> bool:
@@ -72,7 +77,7 @@ def load_serve_config(path: str | Path, overrides: dict[str, Any]) -> ServeConfi
         raise ConfigError(f"{path}: the config must be a mapping")
     if "training_file" in data or "grader" in data:
         run = parse_config(data, base_dir=path.parent.resolve(), source=str(path))
-        data = {"model": run.model_path, "store": run.store_url}
+        data = {"model": run.model_path, "store": run.store_url, "tools": tools_from_run_config(run)}
     else:
         data = dict(data)
         for key in ("model",):
