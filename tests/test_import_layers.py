@@ -20,9 +20,10 @@ LAYERS: list[set[str]] = [
     {"config", "data"},  # the run config, datasets
     {"tools", "graders", "policy", "store"},  # what a rollout is built from, and where it is recorded
     {"rollout"},  # chat rendering, tool-call parsing, the agent loop, the stack builder
-    {"rl", "evals", "models", "environments"},  # training, evaluation, model building, task environments
+    {"rl", "evals", "models", "environments", "traces"},  # training, evaluation, model building, task environments,
+    #                                                      production traces back into training data
     {"gate"},  # promotion, registry
-    {"serve", "quickstart", "cli", "bench", "config_reference", "ui"},  # what users run
+    {"serve", "quickstart", "cli", "bench", "config_reference", "ui", "approvals"},  # what users run
 ]
 LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 

@@ -330,7 +330,8 @@ _mount("grade", "agentrft.graders.cli", "Validate and run graders (OpenAI grader
 _mount("tools", "agentrft.tools.cli", "Serve tools over HTTP (Agent RFT contract).")
 _mount("model", "agentrft.models.cli", "Build and import models offline.")
 _mount("bench", "agentrft.bench", "Benchmarks side by side: vs HF generate, TRL and the machine's fp32 limit.")
-_mount("approvals", "agentrft.serve.approvals_cli", "Production approvals: list, approve or deny held tool calls.")
+_mount("approvals", "agentrft.approvals.cli", "Production approvals: list, approve or deny held tool calls.")
+_mount("traces", "agentrft.traces.cli", "Production traces: export them as RFT rows and demonstrations.")
 
 
 def _register_top_level(module: str, names: tuple[str, ...]) -> None:
