@@ -50,8 +50,25 @@ def _client(server) -> openai.OpenAI:
 
 
 def _cli(*args: str, store: str) -> subprocess.CompletedProcess:
+    """`agentrft approvals ...` in another process (each pays the CLI's imports, ~5-10 s on this loaded machine)."""
     return subprocess.run([sys.executable, "-m", "agentrft.cli", "approvals", *args, "--store", store],
                           capture_output=True, text=True, timeout=120)
+
+
+class _Ran:
+    def __init__(self, res):
+        self.returncode = res.exit_code
+        self.stdout = res.stdout
+        self.stderr = res.stderr if res.stderr_bytes is not None else ""
+
+
+def _cli_here(*args: str, store: str) -> _Ran:
+    """The same typer app in this process (decisions still go through the store, which the server polls)."""
+    from typer.testing import CliRunner
+
+    from agentrft.cli import app
+
+    return _Ran(CliRunner().invoke(app, ["approvals", *args, "--store", store]))
 
 
 def _pending_for(store_url: str, trace_id: str, timeout: float = 120) -> dict:
@@ -90,7 +107,7 @@ def test_a_call_needing_approval_waits_and_is_returned_after_approval_from_anoth
     assert pending["tool_name"] == "lookup" and json.loads(pending["arguments"]) == {"key": "K3"}
     time.sleep(0.5)
     assert t.is_alive() and "raw" not in out, "the client must not have the call before a decision"
-    listed = _cli("list", store=server.store_url)
+    listed = _cli_here("list", store=server.store_url)
     assert listed.returncode == 0 and f"#{pending['id']} pending" in listed.stdout, listed.stderr
     done = _cli("approve", str(pending["id"]), "--by", "alice", store=server.store_url)
     assert done.returncode == 0 and "approved by alice" in done.stdout, done.stderr
@@ -123,9 +140,9 @@ def test_a_call_needing_approval_waits_and_is_returned_after_approval_from_anoth
 def test_a_denied_call_becomes_a_refusal_the_client_can_show(server):
     t, out = _ask_in_thread(server, "conv-appr-2")
     pending = _pending_for(server.store_url, "conv-appr-2")
-    no_reason = _cli("deny", str(pending["id"]), "--reason", " ", store=server.store_url)
+    no_reason = _cli_here("deny", str(pending["id"]), "--reason", " ", store=server.store_url)
     assert no_reason.returncode != 0 and "say why" in no_reason.stdout + no_reason.stderr
-    denied = _cli("deny", str(pending["id"]), "--reason", "K3 is a restricted key", "--by", "bob",
+    denied = _cli_here("deny", str(pending["id"]), "--reason", "K3 is a restricted key", "--by", "bob",
                   store=server.store_url)
     assert denied.returncode == 0, denied.stderr
     t.join(timeout=120)
@@ -133,7 +150,7 @@ def test_a_denied_call_becomes_a_refusal_the_client_can_show(server):
     ch = r.choices[0]
     assert not ch.message.tool_calls and ch.finish_reason == "stop"
     assert ch.message.refusal == 'The call to lookup({"key": "K3"}) was denied by bob: K3 is a restricted key'
-    again = _cli("approve", str(pending["id"]), "--by", "carol", store=server.store_url)
+    again = _cli_here("approve", str(pending["id"]), "--by", "carol", store=server.store_url)
     assert again.returncode == 2 and "already denied by bob" in again.stderr
 
 
@@ -182,7 +199,7 @@ def test_undecided_in_time_answers_202_pending_then_the_poll_gives_the_decided_c
         assert a["status"] == "pending" and a["tool_name"] == "lookup"
         polled = client.chat.completions.with_raw_response.retrieve(r.id)
         assert polled.http_response.status_code == 202
-        assert _cli("approve", str(a["id"]), "--by", "frank", store=srv.store_url).returncode == 0
+        assert _cli_here("approve", str(a["id"]), "--by", "frank", store=srv.store_url).returncode == 0
         final = client.chat.completions.with_raw_response.retrieve(r.id)
         assert final.http_response.status_code == 200
         done = final.parse()
