@@ -237,3 +237,10 @@ def test_a_run_configs_tools_needing_approval_are_held_when_it_is_served(tmp_pat
         "grader: {type: string_check, name: x, input: '{{ sample.output_text }}', reference: a, operation: eq}\n")
     cfg = load_serve_config(tmp_path / "run.yaml", {})
     assert sorted(t.name for t in cfg.tools if t.requires_approval) == ["refund_order", "wire_money"]
+    # a Python tool module that cannot be imported might hold a tool needing approval: refused, not guessed
+    (tmp_path / "run.yaml").write_text((tmp_path / "run.yaml").read_text().replace(
+        "agentrft.environments.support_desk.tools:*", "no_such_tools_module:*"))
+    from agentrft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot import no_such_tools_module to read which of its tools require"):
+        load_serve_config(tmp_path / "run.yaml", {})

@@ -60,8 +60,11 @@ def _python_tools_needing_approval(ref: str) -> list[str]:
     mod_name, _, attr = ref.partition(":")
     try:
         mod = importlib.import_module(mod_name)
-    except Exception:  # noqa: BLE001 - the run config's own loader reports a bad ref; here it only adds no flag
-        return []
+    except Exception as e:  # noqa: BLE001 - a tool we cannot inspect might need approval: refuse, never guess
+        from agentrft.config import ConfigError
+
+        raise ConfigError(f"tools: cannot import {mod_name} to read which of its tools require approval "
+                          f"({type(e).__name__}: {e})") from None
     objs = [getattr(mod, attr, None)] if attr != "*" else list(vars(mod).values())
     names = []
     for obj in objs:
