@@ -244,3 +244,24 @@ def test_a_run_configs_tools_needing_approval_are_held_when_it_is_served(tmp_pat
 
     with pytest.raises(ConfigError, match="cannot import no_such_tools_module to read which of its tools require"):
         load_serve_config(tmp_path / "run.yaml", {})
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)  # the module's server covers SQLite
+def test_the_hold_on_postgresql(tiny_model, tmp_path_factory, store_url):
+    """The same hold with the queue on the live PostgreSQL: the waiting request sees a decision written through
+    another connection."""
+    srv = _serve(tiny_model, tmp_path_factory, wait_s=120, store_url=store_url)
+    try:
+        t, out = _ask_in_thread(srv, "conv-pg-1")
+        pending = _pending_for(store_url, "conv-pg-1")
+        st = RunStore(store_url, mode="existing")
+        try:
+            st.decide_approval(pending["id"], "denied", decided_by="grace", reason="not today")
+        finally:
+            st.close()
+        t.join(timeout=120)
+        ch = out["raw"].parse().choices[0]
+        assert not ch.message.tool_calls and ch.message.refusal.endswith("denied by grace: not today")
+    finally:
+        srv.stop()
+        srv.close_state()

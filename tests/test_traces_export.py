@@ -24,7 +24,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_order", "description": "
 
 
 def _call(i: int, oid: str) -> dict:
-    return {"id": f"call_{i}", "type": "function", "function": {"name": "get_order", "arguments": json.dumps({"id": oid})}}
+    return {"id": f"call_{i}", "type": "function",
+            "function": {"name": "get_order", "arguments": json.dumps({"id": oid})}}
 
 
 def _episode(st: RunStore, conv: str, question: str, answer: str, *, arm: str | None = "production",
@@ -154,7 +155,8 @@ def test_builtin_redaction_rules():
 
 
 def test_a_redaction_hook_runs_after_the_builtin(store, tmp_path, monkeypatch):
-    (tmp_path / "my_redact.py").write_text("import re\n\ndef scrub(text):\n    return re.sub(r'O-\\d+', '<ORDER>', text)\n"
+    (tmp_path / "my_redact.py").write_text("import re\n\ndef scrub(text):\n"
+                                           "    return re.sub(r'O-\\d+', '<ORDER>', text)\n"
                                            "\ndef broken(text):\n    return None\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from agentrft.traces.pii import load_hook
