@@ -176,13 +176,44 @@ def test_api_decisions_and_errors(server):
         twice = c.post(f"/approvals/{pending['id']}/deny", json={"decided_by": "eve", "reason": "late"})
         assert twice.status_code == 409 and "already approved by dan" in twice.json()["error"]["message"]
         assert c.get(f"/approvals/{pending['id']}").json()["decided_by"] == "dan"
-        # a streamed request offering the held tool is refused: a stream would send the call before a decision
-        r = c.post("/chat/completions", json={"model": "tool", "messages": h.ONE, "tools": h.TOOLS, "stream": True})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
         # a request without the held tool is not held
         plain = c.post("/chat/completions", json={"model": "tool", "messages": h.PLAIN, "max_tokens": 8,
                                                   "temperature": 0})
         assert plain.status_code == 200 and "approvals" not in plain.json()
+
+
+def test_a_streamed_request_is_held_whole_then_streamed(server):
+    out: dict = {}
+
+    def run() -> None:
+        with _client(server).chat.completions.stream(
+                model="tool", messages=h.TWO, tools=h.TOOLS, temperature=0, max_tokens=60,
+                stream_options={"include_usage": True}, extra_headers={"X-Trace-Id": "conv-appr-s"}) as stream:
+            out["events"] = list(stream)
+            out["final"] = stream.get_final_completion()
+
+    t = threading.Thread(target=run)
+    t.start()
+    first = _pending_for(server.store_url, "conv-appr-s")
+    time.sleep(0.3)
+    assert "events" not in out  # nothing of the call was streamed before the decisions
+    st = RunStore(server.store_url, mode="existing")
+    try:
+        both = [a for a in st.list_approvals("pending") if a["trace_id"] == "conv-appr-s"]
+        assert [json.loads(a["arguments"])["key"] for a in both] == ["K1", "K5"] and both[0]["id"] == first["id"]
+        st.decide_approval(both[0]["id"], "approved", decided_by="heidi")
+        st.decide_approval(both[1]["id"], "denied", decided_by="heidi", reason="K5 is private")
+    finally:
+        st.close()
+    t.join(timeout=120)
+    final = out["final"]
+    msg = final.choices[0].message
+    assert [json.loads(c.function.arguments) for c in msg.tool_calls] == [{"key": "K1"}]
+    assert msg.refusal == 'The call to lookup({"key": "K5"}) was denied by heidi: K5 is private'
+    assert final.choices[0].finish_reason == "tool_calls" and final.usage.completion_tokens > 0
+    last = [e.chunk for e in out["events"] if e.type == "chunk"][-1]
+    assert [(a["status"], a["decided_by"]) for a in last.model_extra["approvals"]] == \
+        [("approved", "heidi"), ("denied", "heidi")]
 
 
 def test_undecided_in_time_answers_202_pending_then_the_poll_gives_the_decided_call(tiny_model, tmp_path_factory):

@@ -375,8 +375,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         messages = [_template_message(m) for m in req.messages]
         tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
         offered = None if req.tool_choice == "none" else tools
-        if req.stream:
-            st.approvals.check_stream(offered)
+        held_stream = bool(req.stream) and st.approvals.holds(offered)  # generated whole, held, then streamed
         try:
             prompt = await asyncio.to_thread(target.renderer.prompt_ids, messages, offered)
         except TemplateError as e:
@@ -418,7 +417,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                    prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                    latency_s=time.perf_counter() - t0)
 
-        if req.stream:
+        if req.stream and not held_stream:
             return StreamingResponse(
                 _chat_stream(request, target, req, gens, cid, created, offered is not None, finish, forced),
                 media_type="text/event-stream", headers={**hdrs, "Cache-Control": "no-cache"})
@@ -445,6 +444,8 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         body, status = await st.approvals.hold(request, body, choices, trace_id)  # 200, or 202 pending approval
         finish([{"index": c["index"], "message": c["message"], "finish_reason": c["finish_reason"],
                  **({"approvals": c["approvals"]} if "approvals" in c else {})} for c in choices], all_calls, usage)
+        if held_stream:
+            return st.approvals.as_stream(body, req, hdrs)
         return JSONResponse(body, status_code=status, headers=hdrs)
 
     async def _chat_stream(request: Request, target: Target, req: ChatCompletionRequest, gens: list[GenRequest],

@@ -21,19 +21,22 @@ call's name and arguments, answered approve/deny with a reason), adapted to chat
 tools themselves: the held thing is the tool call returned to the client, not a call the server would make.
 
 ``/v1/approvals`` (``GET`` list, ``GET /{id}``, ``POST /{id}/approve``, ``POST /{id}/deny``) decides over HTTP.
-Streamed requests that offer a tool needing approval are refused (400): a stream would have sent the call already.
+A streamed request that offers a tool needing approval is generated whole and held the same way, then sent as
+server-sent events (the decided answer, or the pending one with ``finish_reason: "pending_approval"``; no
+``logprobs``): a stream must not send a call token by token before its decision.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import threading
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentrft.serve.approvals_config import approval_tool_names
@@ -75,12 +78,45 @@ class ApprovalHold:
     def active(self) -> bool:
         return bool(self.tools)
 
-    def check_stream(self, tools: list[dict] | None) -> None:
-        names = {t.get("function", {}).get("name") for t in tools or []} & self.tools
-        if names:
-            raise APIError(400, f"stream: the offered tool(s) {sorted(names)} require approval before a client may "
-                           "get their calls, and a stream would send them at once; set stream to false",
-                           param="stream", code="approval_requires_non_streaming")
+    def holds(self, tools: list[dict] | None) -> bool:
+        """Whether a request offering ``tools`` may be held (a streamed one is then generated whole first)."""
+        return bool({t.get("function", {}).get("name") for t in tools or []} & self.tools)
+
+    def as_stream(self, body: dict, req: Any, headers: dict[str, str]) -> StreamingResponse:
+        """A decided (or pending) answer as server-sent events, the way a stream ends: per choice the role, the
+        content, the refusal and each tool call whole (one delta each), then ``finish_reason``; the last chunk
+        also carries ``approvals`` (and ``status`` while pending); usage when asked for; ``[DONE]``."""
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint")}
+        base["object"] = "chat.completion.chunk"
+
+        def chunk(choices: list[dict], **extra: Any) -> bytes:
+            out = {**base, "choices": choices, **extra}
+            if include_usage:
+                out.setdefault("usage", None)
+            return f"data: {json.dumps(out, ensure_ascii=False)}\n\n".encode()
+
+        def events() -> Any:
+            for ch in body["choices"]:
+                i, msg = ch["index"], ch["message"]
+                deltas = [{"role": "assistant", "content": ""}]
+                if msg.get("content"):
+                    deltas.append({"content": msg["content"]})
+                if msg.get("refusal"):
+                    deltas.append({"refusal": msg["refusal"]})
+                for k, call in enumerate(msg.get("tool_calls") or []):
+                    deltas.append({"tool_calls": [{"index": k, **call}]})
+                for d in deltas:
+                    yield chunk([{"index": i, "delta": d, "logprobs": None, "finish_reason": None}])
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": ch["finish_reason"]}])
+            extra = {"approvals": body.get("approvals", [])}
+            if "status" in body:
+                extra["status"] = body["status"]
+            yield chunk([], **extra, **({"usage": body["usage"]} if include_usage else {}))
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-cache"})
 
     # ---- the hold ---------------------------------------------------------------------------------------
     async def hold(self, request: Request, body: dict, choices: list[dict], trace_id: str) -> tuple[dict, int]:
