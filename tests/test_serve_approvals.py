@@ -296,3 +296,16 @@ def test_the_hold_on_postgresql(tiny_model, tmp_path_factory, store_url):
     finally:
         srv.stop()
         srv.close_state()
+
+
+def test_a_mistyped_approval_key_in_a_serve_config_gets_the_nearest_key(tmp_path):
+    from agentrft.config import ConfigError
+    from agentrft.serve.config import load_serve_config
+
+    (tmp_path / "serve.yaml").write_text("model: x\nstore: sqlite:///s.db\ntools:\n"
+                                         "  - {name: lookup, requires_aproval: true}\napprovals: {wait: 3}\n")
+    with pytest.raises(ConfigError) as e:
+        load_serve_config(tmp_path / "serve.yaml", {})
+    said = str(e.value)
+    assert "tools.0.requires_aproval: Extra inputs are not permitted (did you mean 'requires_approval'?" in said
+    assert "approvals.wait: Extra inputs are not permitted (did you mean 'wait_s'?" in said

@@ -90,4 +90,4 @@ def load_serve_config(path: str | Path, overrides: dict[str, Any]) -> ServeConfi
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(path))) from None
+        raise ConfigError(_format_errors(e, str(path), ServeConfig)) from None
