@@ -54,6 +54,8 @@ from agentrft.store.schema import Approval, ensure_indexes
 from agentrft.types import Trajectory
 
 from agentrft.store.jobs import JobStore  # the OpenAI fine-tuning API's files, jobs, events, leases (issue 16)
+from agentrft.store.deployments import DeploymentStore  # deployments, their events and observations (issue 17)
+from agentrft.store.ledger import LedgerStore  # the hash-chained audit ledger (issue 17)
 
 # OpenAI's job statuses; "queued" is the status of a run just created.
 RUN_STATUSES = ("validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled")
@@ -154,7 +156,7 @@ def _chunks(seq: list[Any], n: int = _CHUNK) -> Iterator[list[Any]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class RunStore(JobStore):
+class RunStore(JobStore, DeploymentStore, LedgerStore):
     """The run store. ``url``: any SQLAlchemy URL, or a plain file path (taken as a SQLite file)."""
 
     def __init__(self, url: str, *, busy_timeout_s: float | None = None, echo: bool = False,
@@ -225,7 +227,8 @@ class RunStore(JobStore):
                         raise StoreError(f"store {self.where} is not an agentrft store (it has no runs table)")
                     has_beat = "heartbeat_at" in {c["name"] for c in insp.get_columns("runs")}
                     has_arm = insp.has_table("traces") and "arm" in {c["name"] for c in insp.get_columns("traces")}
-                if mode == "existing" and not (has_beat and has_arm):
+                    has_ledger = insp.has_table("ledger") and insp.has_table("deployments")  # issue 17's tables
+                if mode == "existing" and not (has_beat and has_arm and has_ledger):
                     with self._writer.begin() as conn:
                         Base.metadata.create_all(conn)
                         _migrate(conn)
@@ -540,6 +543,14 @@ class RunStore(JobStore):
             n = s.execute(update(CheckpointRow).where(CheckpointRow.id == checkpoint_id).values(kept=bool(kept))).rowcount
             if not n:
                 raise StoreError(f"no checkpoint with id {checkpoint_id!r}")
+
+    def get_checkpoint(self, checkpoint_id: str) -> dict | None:
+        """One checkpoint by its id (any run); None when there is none."""
+        with self._read() as s:
+            c = s.get(CheckpointRow, checkpoint_id)
+            return None if c is None else {"id": c.id, "run_id": c.run_id, "step": c.step, "path": c.path,
+                                           "metrics": c.metrics, "val_reward": c.val_reward, "kept": c.kept,
+                                           "created_at": _iso(c.created_at)}
 
     def checkpoints(self, run_id: str) -> list[dict]:
         with self._read() as s:

@@ -356,3 +356,105 @@ def ensure_indexes(conn: Any) -> None:
     for table in Base.metadata.sorted_tables:
         for ix in table.indexes:
             ix.create(conn, checkfirst=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deployments (issue 17): a stable model name in front of a production checkpoint and a candidate, in shadow,
+# canary or full mode; what the online graders observed on every served request of it; its history (weights over
+# time, advances, rollbacks, holds). Read and written by agentrft.store.deployments.DeploymentStore; decided by
+# agentrft.gate.rollout; served by agentrft.serve.deployments.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class DeploymentRow(Base):
+    """One deployment. ``production`` / ``candidate`` / ``previous``: model references the server resolves (a
+    checkpoint id of the store, an ``ft:`` id, the base model's id or an adapter name). ``mode``: ``shadow`` |
+    ``canary`` | ``full``; ``weight``: the candidate's share of traffic in ``canary`` (0..1). ``status``:
+    ``active`` | ``held`` (drift: automatic advance paused) | ``rolled_back`` | ``completed`` (the candidate went
+    ``full``). ``phase`` counts the steps taken (observations are tagged with it, so each step is judged on its own
+    samples); ``stage``: the index into the policy's weight schedule (-1 in shadow). ``state``: the controller's
+    decision state (trace watermark, last decision, drift baseline). ``version``: compare-and-set counter, so two
+    servers sharing the store never both apply a decision."""
+
+    __tablename__ = "deployments"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    production: Mapped[str] = mapped_column(String(400))
+    candidate: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    previous: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    mode: Mapped[str] = mapped_column(String(16), default="shadow")
+    weight: Mapped[float] = mapped_column(Float, default=0.0)
+    shadow_fraction: Mapped[float] = mapped_column(Float, default=1.0)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    phase: Mapped[int] = mapped_column(Integer, default=0)
+    stage: Mapped[int] = mapped_column(Integer, default=-1)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentEventRow(Base):
+    """What happened to a deployment, in order: ``create``, ``advance``, ``rollback``, ``hold``, ``drift_alert``,
+    ``release`` …, with the mode and weight after it (the canary weight's history) and the evidence."""
+
+    __tablename__ = "deployment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16), default="")
+    weight: Mapped[float] = mapped_column(Float, default=0.0)
+    phase: Mapped[int] = mapped_column(Integer, default=0)
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentObservationRow(Base):
+    """One served request of a deployment as the controller saw it: which arm answered (``production``,
+    ``candidate``, ``shadow``), whether it failed, its latency and tool calls, and the online graders' scores
+    (``scores``: grader name → score; ``safety_violation``: a safety grader flagged it). ``trace_row``: the
+    ``traces.id`` it came from (unique: a trace is observed once)."""
+
+    __tablename__ = "deployment_observations"
+    __table_args__ = (Index("ix_depobs_dep_phase_arm", "deployment", "phase", "arm"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(200))
+    phase: Mapped[int] = mapped_column(Integer, default=0)
+    arm: Mapped[str] = mapped_column(String(16))
+    trace_row: Mapped[int] = mapped_column(Integer, unique=True)
+    trace_id: Mapped[str] = mapped_column(String(200), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(String(400), default="")
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0)
+    graded: Mapped[bool] = mapped_column(Boolean, default=False)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    safety_violation: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The audit ledger (issue 17): one append-only, hash-chained table — promotions, deployment steps and rollbacks,
+# approvals, grader-version changes. Written and verified by agentrft.store.ledger.LedgerStore.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class LedgerRow(Base):
+    """One ledger record. ``seq`` is its position (1, 2, …; the primary key, so two writers cannot both take one);
+    ``hash = sha256(prev_hash + canonical JSON of (seq, kind, subject, data, actor, created))``; ``created`` is
+    the ISO time text that went into the hash (kept as text so the hash never depends on a driver's datetime)."""
+
+    __tablename__ = "ledger"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(String(400), default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    created: Mapped[str] = mapped_column(String(40))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
