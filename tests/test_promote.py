@@ -200,3 +200,23 @@ def test_shipped_example_policy_parses():
 
     p = load_policy(Path(__file__).parent.parent / "examples" / "promotion.yaml")
     assert p.safety.grader == "repo_locator.safety" and p.safety.min_pass_rate == 1.0 and p.waive == []
+
+
+def test_promotions_refusals_and_grader_changes_are_in_the_ledger(store, tmp_path, lookup_files, rows):
+    run, cfg = record_run(store, tmp_path, lookup_files, rows, grader=EXACT, holdouts=[SCOPE], base_fn=honest,
+                          cand_fn=right)
+    policy = parse_policy(POLICY)
+    rep = promote(store, run, policy)
+    (rec,) = store.ledger(kind="promotion")
+    assert rec["subject"] == f"{run}:step-2" and rec["actor"] == "agentrft promote"
+    assert rec["data"]["registry_entry"] == rep.entry_id and rec["data"]["status"] == "promoted"
+    assert {g["gate"]: g["passed"] for g in rec["data"]["gates"]}["safety"] is True
+    changed = cfg.model_copy(update={"grader": {**EXACT, "operation": "ilike"}})
+    mark_stale(store, changed, policy)
+    (gv,) = store.ledger(kind="grader_version_change")
+    assert gv["data"]["changes"][0].startswith("exact: version ") and gv["data"]["registry_entry"] == rep.entry_id
+    bad, _ = record_run(store, tmp_path, lookup_files, rows, grader=EXACT, holdouts=[SCOPE], base_fn=honest,
+                        cand_fn=honest, name="flat")
+    assert not promote(store, bad, parse_policy(POLICY)).promoted
+    assert store.ledger()[-1]["kind"] == "promotion_refused"
+    assert store.verify_ledger()["ok"]

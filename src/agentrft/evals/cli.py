@@ -245,6 +245,28 @@ def audit_summary_cmd(
         console.print("no verdicts recorded")
 
 
+@audit_app.command("verify")
+def audit_verify(
+    config: Optional[Path] = typer.Option(None, "--config"),
+    store: Optional[str] = typer.Option(None, "--store"),
+    expect_head: Optional[str] = typer.Option(None, "--expect-head", help="SEQ:HASH printed by an earlier verify, "
+                                              "kept elsewhere: catches a rewrite of the whole chain after it"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Check the audit ledger's hash chain: exit 1 naming each edited, inserted or deleted record."""
+    with user_errors():
+        st = open_store(config, store, mode="read")
+        res = st.verify_ledger(expect_head=expect_head)
+    if as_json:
+        console.print_json(data=res)
+    elif res["ok"]:
+        typer.echo(f"ledger ok: {res['records']} records, head {res['head']}")  # (unwrapped: the head is copied)
+    else:
+        for p in res["problems"]:
+            typer.echo(f"ledger broken at record {p['seq']}: {p['problem']}")
+    raise typer.Exit(0 if res["ok"] else 1)
+
+
 def register(top: typer.Typer) -> None:
     """Mount these as top-level commands: ``agentrft check | compare | monitor | audit …``."""
     top.command("check")(check)

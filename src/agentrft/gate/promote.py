@@ -284,9 +284,28 @@ def promote(store: Any, run_id: str, policy: PromotionPolicy, checkpoint: str = 
     rep = evaluate_gates(store, run_id, policy, checkpoint)
     status = "promoted" if rep.promoted else "refused"
     if rep.promoted or record_refusal:
+        prior = next(iter(store.registry("promoted")), None)  # the newest promotion before this one
         rep.entry_id = store.add_registry_entry(rep.run_id, rep.checkpoint["id"], status=status,
                                                 evidence=rep.evidence, grader_versions=rep.grader_versions)
+        _ledger_promotion(store, rep, status, prior)
     return rep
+
+
+def _ledger_promotion(store: Any, rep: GateReport, status: str, prior: dict | None) -> None:
+    """The audit ledger's record of a promotion decision (and of a grader-version change against the previous
+    promotion): the gates and their verdicts, not the whole evidence (that stays in the registry entry)."""
+    if not hasattr(store, "append_ledger"):
+        return
+    gates = [{"gate": g.gate, "passed": g.passed, "waived": g.waived, "detail": g.detail} for g in rep.gates]
+    store.append_ledger("promotion" if status == "promoted" else "promotion_refused", rep.checkpoint["id"],
+                        {"run_id": rep.run_id, "registry_entry": rep.entry_id, "status": status, "gates": gates,
+                         "grader_versions": rep.grader_versions}, actor="agentrft promote")
+    if status == "promoted" and prior is not None:
+        why = stale_reasons(prior, rep.grader_versions)
+        if why:
+            store.append_ledger("grader_version_change", rep.checkpoint["id"],
+                                {"previous_entry": prior["id"], "changes": why, "versions": rep.grader_versions},
+                                actor="agentrft promote")
 
 
 # ---- graders change -------------------------------------------------------------------------------------------
@@ -331,6 +350,10 @@ def mark_stale(store: Any, cfg: Any, policy: PromotionPolicy | None = None) -> l
             ev = dict(e["evidence"])
             ev["stale"] = {"reasons": why, "current_versions": current}
             store.update_registry_entry(e["id"], status="needs_reeval", evidence=ev)
+            if hasattr(store, "append_ledger"):
+                store.append_ledger("grader_version_change", e["checkpoint_id"],
+                                    {"registry_entry": e["id"], "changes": why, "versions": current},
+                                    actor="agentrft regress")
             marked.append({**e, "status": "needs_reeval", "reasons": why})
     return marked
 
