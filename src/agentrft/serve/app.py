@@ -94,6 +94,7 @@ class ServerState:
         self.limiter = TokenRateLimiter(cfg.rate_limit_tpm) if cfg.rate_limit_tpm else None
         self.traces = TraceWriter(store) if (store is not None and cfg.record_traces) else None
         self.approvals = ApprovalHold(store, cfg)  # tool calls held for a person's decision (issue 17)
+        self.deploy: Any = None  # deployments (serve/deployments.py), set by create_app when there is a store
         m = self.metrics
         m.gauges["agentrft_queue_depth"] = lambda: sum(w.queue_depth() for w in self.manager.workers())
         m.gauges["agentrft_active_sequences"] = lambda: sum(w.active() for w in self.manager.workers())
@@ -102,6 +103,8 @@ class ServerState:
         m.gauges["agentrft_loaded_weights_bytes"] = lambda: self.manager.loaded_bytes()
 
     def close(self) -> None:
+        if self.deploy is not None:
+            self.deploy.close()
         if self.traces is not None:
             self.traces.close()
         self.manager.close()
@@ -134,7 +137,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         tid = (request.headers.get(TRACE_HEADER) or "").strip()[:200] or f"trace_{uuid.uuid4().hex}"
         is_chat = isinstance(body, ChatCompletionRequest)
         msgs = [m.model_dump(exclude_none=True) for m in body.messages] if is_chat else []
-        record(request_id=f"req_{uuid.uuid4().hex}", trace_id=tid,
+        record(**deploy_fields(request), request_id=f"req_{uuid.uuid4().hex}", trace_id=tid,
                endpoint="chat.completions" if is_chat else "completions", model=body.model, checkpoint_id="",
                status=e.status, error=e.message[:2000], messages=msgs,
                tools=[t.model_dump(exclude_none=True) for t in body.tools] if is_chat and body.tools else None,
@@ -223,12 +226,12 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
     @app.get("/v1/models")
     async def list_models() -> dict:
         data = await asyncio.to_thread(st.manager.list_models)
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": data + (st.deploy.models() if st.deploy is not None else [])}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict:
         data = await asyncio.to_thread(st.manager.list_models)
-        for m in data:
+        for m in data + (st.deploy.models() if st.deploy is not None else []):
             if m["id"] == model_id:
                 return m
         raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
@@ -352,6 +355,11 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
     def headers(target: Target, trace_id: str, request_id: str) -> dict[str, str]:
         return {CHECKPOINT_HEADER: target.checkpoint, TRACE_HEADER: trace_id, "X-Request-Id": request_id}
 
+    def deploy_fields(request: Request) -> dict[str, Any]:
+        """``deployment`` and ``arm`` of a request to a deployment's name (serve/deployments.py), else nothing."""
+        r = getattr(request.state, "deploy_route", None)
+        return {"deployment": r.deployment, "arm": r.arm} if r is not None else {}
+
     def record(**kw: Any) -> None:
         if st.traces is not None:
             st.traces.add(kw)
@@ -361,14 +369,20 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
     async def chat_completions(request: Request) -> Response:
         t0 = time.perf_counter()
         req: ChatCompletionRequest = await body_as(request, ChatCompletionRequest)
-        target = await resolve(req.model)
-        resp = None
-        try:
-            resp = await _chat(request, req, target, t0)
-            return resp
-        finally:
-            if not isinstance(resp, StreamingResponse):  # (a stream releases its target when it ends)
-                target.done()
+
+        async def run(model_id: str) -> Response:
+            target = await resolve(model_id)
+            resp = None
+            try:
+                resp = await _chat(request, req, target, t0)
+                return resp
+            finally:
+                if not isinstance(resp, StreamingResponse):  # (a stream releases its target when it ends)
+                    target.done()
+
+        if st.deploy is None:
+            return await run(req.model)
+        return await st.deploy.serve(request, req.model, req.user, req.model_dump(exclude_unset=True), run)
 
     async def _chat(request: Request, req: ChatCompletionRequest, target: Target, t0: float) -> Response:
         trace_id, request_id = trace_ids(request)
@@ -400,7 +414,8 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         hdrs = headers(target, trace_id, request_id)
-        trace_base = dict(request_id=request_id, trace_id=trace_id, endpoint="chat.completions", model=req.model,
+        trace_base = dict(**deploy_fields(request), request_id=request_id, trace_id=trace_id,
+                          endpoint="chat.completions", model=req.model,
                           checkpoint_id=target.checkpoint, messages=[m.model_dump(exclude_none=True) for m in req.messages],
                           tools=tools, user=req.user, metadata=req.metadata or {},
                           params={"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "n": req.n,
@@ -541,11 +556,16 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         req: CompletionRequest = await body_as(request, CompletionRequest)
         if req.stream:
             raise APIError(400, "stream is not supported on /v1/completions by this server", param="stream")
-        target = await resolve(req.model)
-        try:
-            return await _completions(request, req, target, t0)
-        finally:
-            target.done()
+        async def run(model_id: str) -> Response:
+            target = await resolve(model_id)
+            try:
+                return await _completions(request, req, target, t0)
+            finally:
+                target.done()
+
+        if st.deploy is None:
+            return await run(req.model)
+        return await st.deploy.serve(request, req.model, req.user, req.model_dump(exclude_unset=True), run)
 
     async def _completions(request: Request, req: CompletionRequest, target: Target, t0: float) -> Response:
         trace_id, request_id = trace_ids(request)
@@ -586,7 +606,8 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         st.metrics.latency("completions", time.perf_counter() - t0)
         if st.limiter is not None:
             st.limiter.refund(client_key(request), reserved - usage["total_tokens"])
-        record(request_id=request_id, trace_id=trace_id, endpoint="completions", model=req.model,
+        record(**deploy_fields(request), request_id=request_id, trace_id=trace_id, endpoint="completions",
+               model=req.model,
                checkpoint_id=target.checkpoint, status=200, messages=[{"prompt_token_ids": p} for p in prompts],
                tools=None, user=req.user, metadata=req.metadata or {},
                params={"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "n": req.n,
@@ -610,6 +631,10 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
 
     mount_feedback(app, st, body_as)
     mount_approvals(app, st, body_as)
+    # ---- deployments: shadow, canary, full, rollback (issue 17: serve/deployments.py) -------------------------
+    from agentrft.serve.deployments import mount_deployments
+
+    mount_deployments(app, st, body_as)
 
     # ---- the dashboard (agentrft ui) over the server's store, behind the server's token -----------------------
     if st.store is not None:

@@ -193,6 +193,17 @@ class ModelManager:
             c = self._best(ckpts)
         return None if c is None else (c["id"], c["path"])
 
+    def _checkpoint_by_id(self, checkpoint_id: str) -> tuple[str, str] | None:
+        """``(checkpoint id, path)`` for a kept checkpoint of this base named by its store id (what deployments name
+        as production and candidate), None otherwise."""
+        if self.store is None or checkpoint_id.startswith("ft:"):
+            return None
+        c = self.store.get_checkpoint(checkpoint_id)
+        if c is None or not c["kept"] or not c["path"] or not Path(c["path"]).is_dir():
+            return None
+        run = self.store.get_run(c["run_id"])
+        return (c["id"], c["path"]) if run is not None and self._same_base(run) else None
+
     def resolve(self, model_id: str) -> Target:
         if model_id == self.base_id:
             return self._target(model_id, self.base, "")
@@ -207,7 +218,7 @@ class ModelManager:
                                "entry with a kept checkpoint of this base", param="model", code="model_not_found")
             ckpt, path = found
         else:
-            found = self._checkpoint_for(model_id)
+            found = self._checkpoint_for(model_id) or self._checkpoint_by_id(model_id)
             if found is None:
                 raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
             ckpt, path = found
