@@ -332,6 +332,7 @@ _mount("model", "agentrft.models.cli", "Build and import models offline.")
 _mount("bench", "agentrft.bench", "Benchmarks side by side: vs HF generate, TRL and the machine's fp32 limit.")
 _mount("approvals", "agentrft.approvals.cli", "Production approvals: list, approve or deny held tool calls.")
 _mount("traces", "agentrft.traces.cli", "Production traces: export them as RFT rows and demonstrations.")
+_mount("deploy", "agentrft.gate.deploy_cli", "Deployments: shadow, canary, full rollout and rollback of a candidate checkpoint.")
 
 
 def _register_top_level(module: str, names: tuple[str, ...]) -> None:
