@@ -108,8 +108,10 @@ class Load:
     """Sends requests to ``model`` from ``concurrency`` threads until ``n`` are sent or ``stop()``; every answer is
     kept for checking. Bounded: at most ``n`` requests, each with its own conversation id."""
 
-    def __init__(self, client, model: str, *, n: int, concurrency: int = 3, max_tokens: int = 40, seed: int = 0):
+    def __init__(self, client, model: str, *, n: int, concurrency: int = 3, max_tokens: int = 40, seed: int = 0,
+                 questions=question):
         self.client, self.model, self.n, self.concurrency, self.max_tokens = client, model, n, concurrency, max_tokens
+        self.questions = questions
         self.answers: list[Answer] = []
         self.errors: list[str] = []
         self._next = 0
@@ -125,7 +127,7 @@ class Load:
         t0 = time.time()
         try:
             raw = self.client.chat.completions.with_raw_response.create(
-                model=self.model, messages=question(i), tools=TOOLS, temperature=0, max_tokens=self.max_tokens,
+                model=self.model, messages=self.questions(i), tools=TOOLS, temperature=0, max_tokens=self.max_tokens,
                 extra_headers={"X-Trace-Id": conv})
             c = raw.parse()
             msg = c.choices[0].message
