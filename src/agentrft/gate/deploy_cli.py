@@ -124,7 +124,7 @@ def list_(config: Optional[Path] = ConfigOpt, store: Optional[str] = StoreOpt) -
 @app.command("status")
 def status(name: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json"),
            config: Optional[Path] = ConfigOpt, store: Optional[str] = StoreOpt) -> None:
-    """The deployment, its KPIs per arm in the current step, and its history."""
+    """The deployment, its KPIs per arm in the current step (or the last one judged), and its history."""
     from agentrft.gate import rollout as ro
 
     with _errors():

@@ -344,12 +344,17 @@ def _policy_of(dep: dict) -> RolloutPolicy | None:
 
 
 def status(store: Any, name: str) -> dict:
-    """The deployment, its KPIs per arm in the current step, and its history."""
+    """The deployment, its KPIs per arm in the current step (``kpis_phase``; after a step with no traffic yet —
+    e.g. just after a rollback — the step before, which is the one that was judged), and its history."""
     dep = get_deployment(store, name)
-    obs = store.deployment_observations(name, phase=dep["phase"])
+    phase = dep["phase"]
+    obs = store.deployment_observations(name, phase=phase)
+    if not obs and phase > 0:
+        phase -= 1
+        obs = store.deployment_observations(name, phase=phase)
     fb = feedback_scores(store, list({o["trace_id"] for o in obs}))
     arms = {a: arm_kpis([o for o in obs if o["arm"] == a], fb) for a in sorted({o["arm"] for o in obs})}
-    return {**dep, "kpis": arms, "events": store.deployment_events(name)}
+    return {**dep, "kpis": arms, "kpis_phase": phase, "events": store.deployment_events(name)}
 
 
 def advance(store: Any, name: str, *, actor: str = "", reason: str = "", evidence: dict | None = None,

@@ -305,6 +305,11 @@ def make_ui_app(store: RunStore, token: str | None = None, *, title: str = "agen
     async def registry_page(request: Request) -> Response:
         return render(request, "registry.html.jinja", entries=store.registry())
 
+    # ---- deployments (issue 17: ui/deployments_view.py) ------------------------------------------------------
+    from agentrft.ui.deployments_view import add_deployment_pages
+
+    add_deployment_pages(app, store, render, PageError)
+
     # ---- approvals ----------------------------------------------------------------------------------------
     @app.get("/approvals", response_class=HTMLResponse)
     async def approvals_page(request: Request) -> Response:
