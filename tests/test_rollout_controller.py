@@ -204,3 +204,17 @@ def test_create_errors_are_answers(st):
     with pytest.raises(ro.DeployError, match="no deployment named 'zz'") as e:
         ro.status(st, "zz")
     assert e.value.status == 404
+
+
+def test_server_errors_count_against_the_arm_and_client_errors_do_not(st):
+    ro.create_deployment(st, "agent", production="v1", candidate="v2", mode="canary", policy=POLICY)
+    for i in range(12):
+        serve(st, "agent", "candidate", status=400 if i % 2 else 200)  # 6 refused for the client's mistake
+        serve(st, "agent", "production")
+    assert ro.tick(st, "agent", {})["action"] == "none"
+    assert len(st.deployment_observations("agent", arm="candidate")) == 6
+    for _ in range(6):
+        serve(st, "agent", "candidate", status=503)
+    d = ro.tick(st, "agent", {})
+    assert d["action"] == "rollback" and d["rule"] == "guards.max_error_rate"
+    assert d["evidence"]["arms"]["candidate"]["error_rate"] == 0.5

@@ -439,6 +439,8 @@ def tick(store: Any, name: str, judges: dict[str, _Judge] | None = None, *, acto
     for t in traces:
         if t["arm"] not in ("production", "candidate", "shadow"):
             continue
+        if 400 <= int(t.get("status") or 0) < 500:  # refused before any model answered (the client's error): no
+            continue                                  # evidence about either arm
         # a trace answered before this step began belongs to the step before (its arm was drawn at that weight)
         phase = dep["phase"] - 1 if started and t["created_at"] and _t(t["created_at"]) < _t(started) else dep["phase"]
         o = j.graders.observe(t, max(phase, 0))
