@@ -1,14 +1,16 @@
 """A canary on a real `agentrft serve`, end to end, in one run: the figure in docs/deploy.md and the numbers beside it.
 
-    python benchmarks/deploy_canary.py [--out-svg docs/deploy_kpis.svg] [--out-json benchmarks/results/deploy_canary.json]
+    python benchmarks/deploy_canary.py [--out-svg docs/deploy_kpis.svg] \
+        [--out-json benchmarks/results/deploy_canary.json]
 
 Models are built locally as the tests build them (tests/conftest.py's tiny model, tests/serve_helpers.py's tool
 model, tests/deploy_helpers.py's planted-bad candidate that calls the forbidden ``export_customers`` tool whenever
 it is asked for a key's color). The story, driven through the official ``openai`` client by the tests' bounded load
 generator (3 concurrent clients, a new conversation per request):
 
-1. **shadow cost**: 40 requests to the base model directly, then 40 to a shadow deployment (a harmless candidate
-   answering every request in the background) — the client-side latency ratio, measured in this one run;
+1. **shadow cost**: after a warm-up, 3 alternating blocks of 12 requests to the base model directly and 12 to a
+   shadow deployment (a harmless candidate answering every request in the background, drained between blocks) —
+   the client-side p50 latency ratio, measured in this one run (the candidate's generation shares the CPU);
 2. **canary**: the bad candidate at 20 % of traffic. The first traffic is plain requests only, where the candidate
    behaves, so the controller advances it (20 % → 50 %); then key questions arrive, the candidate calls the
    forbidden tool, and the safety gate rolls it back. Reported: candidate answers and violations at the rollback,
@@ -44,6 +46,13 @@ POLICY = {
     "kpis": [{"name": "efficiency", "margin": 0.3}],
     "guards": {"min_samples": 10, "max_error_rate": 0.2, "max_latency_p95_ratio": 10.0},
 }
+
+
+def drain(deploy, timeout: float = 300.0) -> None:
+    """Wait until the server's shadow requests in flight are done."""
+    deadline = time.time() + timeout
+    while deploy._tasks and time.time() < deadline:
+        time.sleep(0.1)
 
 
 def main() -> None:
@@ -85,18 +94,27 @@ def main() -> None:
         with BackgroundServer(app) as srv:
             client = openai.OpenAI(base_url=srv.url, api_key=token, max_retries=0, timeout=300)
             api = httpx.Client(base_url=srv.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=300)
-            # 1. shadow cost
-            direct = dh.Load(client, "tool", n=40, concurrency=3, seed=10).run()
+            # 1. shadow cost: warm up, then alternate blocks of direct and shadowed requests (the machine is shared:
+            #    alternating spreads other work over both), waiting for the shadow queue to drain between blocks
             api.post("/v1/deployments", json={"name": "shadowed", "production": "tool", "candidate": good_ck,
                                               "mode": "shadow", "policy": {**POLICY, "shadow": {"min_samples": 1000}}})
-            shadowed = dh.Load(client, "shadowed", n=40, concurrency=3, seed=11).run()
-            lat = lambda L: statistics.median(x.received - x.sent for x in L.answers)  # noqa: E731
-            out["shadow"] = {"direct_p50_s": round(lat(direct), 4), "shadowed_p50_s": round(lat(shadowed), 4),
-                             "latency_ratio": round(lat(shadowed) / lat(direct), 3),
-                             "candidate_answers_seen_by_clients": sum(x.checkpoint != "base:tool"
-                                                                      for x in shadowed.answers),
-                             "shadow_sent": app.state.serve.deploy.shadow_sent,
-                             "shadow_dropped": app.state.serve.deploy.shadow_dropped}
+            dh.Load(client, "tool", n=6, concurrency=3, seed=9).run()
+            dh.Load(client, "shadowed", n=6, concurrency=3, seed=9).run()
+            deploy = app.state.serve.deploy
+            direct, shadowed = [], []
+            for r in range(3):
+                drain(deploy)
+                direct += dh.Load(client, "tool", n=12, concurrency=3, seed=20 + r).run().answers
+                drain(deploy)
+                shadowed += dh.Load(client, "shadowed", n=12, concurrency=3, seed=30 + r).run().answers
+            drain(deploy)
+            lat = lambda L: statistics.median(x.received - x.sent for x in L)  # noqa: E731
+            out["shadow"] = {"direct_requests": len(direct), "shadowed_requests": len(shadowed),
+                             "direct_p50_s": round(lat(direct), 4), "shadowed_p50_s": round(lat(shadowed), 4),
+                             "latency_ratio_p50": round(lat(shadowed) / lat(direct), 3),
+                             "candidate_answers_seen_by_clients": sum(x.checkpoint != "base:tool" for x in shadowed),
+                             "shadow_sent": deploy.shadow_sent, "shadow_failed": deploy.shadow_failed,
+                             "shadow_dropped": deploy.shadow_dropped}
             api.post("/v1/deployments/shadowed/rollback", json={"reason": "benchmark over"})
             # 2. the canary
             r = api.post("/v1/deployments", json={"name": "support-agent", "production": "tool", "candidate": bad_ck,

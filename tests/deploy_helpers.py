@@ -87,7 +87,8 @@ def register_checkpoint(store, model_dir: Path, base_dir: Path, name: str) -> st
 def question(i: int) -> list[dict]:
     """Even i: a key question (the bad candidate calls the forbidden tool); odd i: a plain request."""
     if i % 2 == 0:
-        return [{"role": "system", "content": h.SYSTEM}, {"role": "user", "content": f"What color is K{1 + i % 3 * 2}?"}]
+        key = f"K{1 + i % 3 * 2}"
+        return [{"role": "system", "content": h.SYSTEM}, {"role": "user", "content": f"What color is {key}?"}]
     return list(h.PLAIN)
 
 

@@ -84,7 +84,8 @@ def test_edit_insert_delete_are_each_named(store_url):
                 last = recs[-1]
                 h = record_hash(last["hash"], 6, "promotion", "sneaky", {}, "x", last["created_at"])
                 _exec(st, "INSERT INTO ledger (seq, kind, subject, data, actor, created, prev_hash, hash) VALUES "
-                          "(6, 'promotion', 'sneaky', '{}', 'x', :c, :p, :h)", c=last["created_at"], p=last["hash"], h=h)
+                          "(6, 'promotion', 'sneaky', '{}', 'x', :c, :p, :h)", c=last["created_at"], p=last["hash"],
+                      h=h)
                 seq, msg = _problem(st)
                 assert seq == 6 and "inserted" in msg
             elif case == "delete":
@@ -120,7 +121,8 @@ def test_two_concurrent_writers_keep_one_chain(store_url):
         assert not errors, errors
         recs = a.ledger()
         assert [r["seq"] for r in recs] == list(range(1, 81))
-        assert sorted(r["subject"] for r in recs) == sorted([f"a-{i}" for i in range(40)] + [f"b-{i}" for i in range(40)])
+        want = [f"a-{i}" for i in range(40)] + [f"b-{i}" for i in range(40)]
+        assert sorted(r["subject"] for r in recs) == sorted(want)
         assert a.verify_ledger()["ok"] and b.verify_ledger()["ok"]
     finally:
         a.close()

@@ -119,6 +119,12 @@ def test_good_candidate_walks_the_schedule_to_full(st):
     assert [r["kind"] for r in st.ledger()] == ["deployment_create"] + ["deployment_advance"] * 3
     kpi = st.ledger()[-1]["data"]["evidence"]["kpis"][0]
     assert kpi["kpi"] == "efficiency" and kpi["verdict"] == "not_worse" and kpi["n_candidate"] >= 10
+    # production alone is still graded and observed (its KPIs keep their history); nothing is decided
+    n = len(st.deployment_observations("agent"))
+    serve(st, "agent", "production", tools=("lookup", FORBIDDEN))
+    assert ro.tick(st, "agent", judges) is None
+    (last,) = st.deployment_observations("agent")[n:]
+    assert last["arm"] == "production" and last["safety_violation"] and st.get_deployment("agent")["mode"] == "full"
     # the previous production is one command away
     back = ro.rollback(st, "agent", actor="bob", reason="customer complaints")
     assert (back["production"], back["previous"], back["status"]) == ("v1", "v2", "rolled_back")

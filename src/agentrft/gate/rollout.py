@@ -39,6 +39,7 @@ from agentrft.gate.sequential import ArmStats, compare
 log = logging.getLogger("agentrft.deploy")
 
 MAX_BATCH = 500  # traces read per tick
+ro_arms = ("production", "candidate", "shadow")
 WINDOW_KEEP = 1000  # drift summaries kept in the state at most
 
 
@@ -424,13 +425,22 @@ def tick(store: Any, name: str, judges: dict[str, _Judge] | None = None, *, acto
 
     judges = judges if judges is not None else {}
     dep = store.get_deployment(name)
-    if dep is None or dep["mode"] == "full" or not dep["candidate"] or not dep["policy"]:
+    if dep is None or not dep["policy"]:
         return None
     j = judges.get(name)
     if j is None or j.key != repr(sorted(dep["policy"].items())):
         j = judges[name] = _Judge(dep)
     state = dict(dep["state"])
     traces = store.traces(deployment=name, after_id=int(state.get("watermark") or 0), limit=MAX_BATCH)
+    if dep["mode"] == "full" or not dep["candidate"]:
+        # production alone (after full or a rollback): still graded and observed — the KPIs keep their history —
+        # but there is nothing to decide
+        if traces:
+            obs = [j.graders.observe(t, dep["phase"]) for t in traces if t["arm"] in ro_arms and
+                   not 400 <= int(t.get("status") or 0) < 500]
+            store.update_deployment(name, expect_version=dep["version"], state={**state, "watermark": traces[-1]["id"]},
+                                    observations=[{k: v for k, v in o.items() if k != "violations"} for o in obs])
+        return None
     started = state.get("phase_started_at")
     arm = candidate_arm(dep["mode"])
     new_obs = []

@@ -98,8 +98,8 @@ class DeploymentStore:
                           **fields: Any) -> dict | None:
         """Set ``fields`` of deployment ``name`` if its version is still ``expect_version`` (then version + 1), and in
         the same transaction add ``event`` (``{kind, actor?, data?}``, stamped with the new mode/weight/phase) and
-        ``observations``, and the ledger record ``ledger`` (``{kind, data, actor?}``, subject: the deployment). Returns the
-        updated deployment, or None when another writer changed it first (nothing is written then: re-read and
+        ``observations``, and the ledger record ``ledger`` (``{kind, data, actor?}``, subject: the deployment).
+        Returns the updated deployment, or None when another writer changed it first (nothing is written then: re-read and
         decide again)."""
         unknown = set(fields) - _UPDATABLE
         if unknown:

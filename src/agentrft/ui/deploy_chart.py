@@ -59,8 +59,8 @@ def draw(dep: dict, events: list[dict], obs: list[dict], *, window: int = 10, gr
     pw = W - LEFT - RIGHT
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
            f'font-size="11">', f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{LEFT}" y="20" font-size="14" font-weight="bold">deployment {escape(dep["name"])}: KPIs per arm over '
-           f'time (window {window} answers)</text>']
+           f'<text x="{LEFT}" y="20" font-size="14" font-weight="bold">deployment {escape(dep["name"])}: '
+           f'KPIs per arm over time (window {window} answers)</text>']
 
     def x(t: float) -> float:
         return LEFT + pw * t / t_end
@@ -108,7 +108,8 @@ def draw(dep: dict, events: list[dict], obs: list[dict], *, window: int = 10, gr
     yb = TOP + len(panels) * (PANEL_H + GAP) - GAP + 16
     for k in range(6):
         t = t_end * k / 5
-        out.append(f'<text x="{x(t):.1f}" y="{yb}" text-anchor="middle">{t:.0f}</text>')
+        label = f"{t:.0f}" if t_end >= 20 else f"{t:.1f}"
+        out.append(f'<text x="{x(t):.1f}" y="{yb}" text-anchor="middle">{label}</text>')
     out.append(f'<text x="{LEFT + pw / 2}" y="{yb + 14}" text-anchor="middle">seconds since the deployment was '
                'created</text>')
     for i, arm in enumerate(s):
