@@ -145,3 +145,20 @@ def test_audit_verify_cli_names_the_row(tmp_path):
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
     assert "record 2" in bad.stdout + bad.stderr and "edited" in bad.stdout + bad.stderr
+
+
+def test_a_store_from_before_the_ledger_reads_as_empty_and_gets_one_on_write_open(tmp_path):
+    db = tmp_path / "old.db"
+    RunStore(f"sqlite:///{db}").close()
+    con = sqlite3.connect(db)  # what version 3 wrote: no ledger, no deployment tables
+    for t in ("ledger", "deployments", "deployment_events", "deployment_observations"):
+        con.execute(f"DROP TABLE {t}")
+    con.commit()
+    con.close()
+    ro = RunStore(f"sqlite:///{db}", mode="read")
+    assert ro.ledger() == [] and ro.verify_ledger()["ok"] and not ro.verify_ledger(expect_head="1:ab")["ok"]
+    ro.close()
+    rw = RunStore(f"sqlite:///{db}", mode="existing")
+    rw.append_ledger("note", "x", {})
+    assert rw.verify_ledger()["records"] == 1 and rw.list_deployments() == []
+    rw.close()

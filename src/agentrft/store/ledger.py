@@ -108,8 +108,20 @@ class LedgerStore:
 
         raise StoreError("append_ledger: lost the race for the next record 50 times")
 
+    def _has_ledger(self) -> bool:
+        """False only for a store opened read-only that was written before the ledger existed (write opens create
+        the table)."""
+        if not getattr(self, "readonly", False):
+            return True
+        from sqlalchemy import inspect
+
+        with self.engine.connect() as conn:  # type: ignore[attr-defined]
+            return inspect(conn).has_table("ledger")
+
     def ledger(self, *, kind: str | None = None, subject: str | None = None, limit: int | None = None) -> list[dict]:
         """Records, oldest first; filtered by ``kind`` and/or ``subject``."""
+        if not self._has_ledger():
+            return []
         q = select(LedgerRow).order_by(LedgerRow.seq)
         if kind is not None:
             q = q.where(LedgerRow.kind == kind)
@@ -130,6 +142,10 @@ class LedgerStore:
         """Walk the chain. Returns ``{"ok", "records", "head", "problems": [{"seq", "problem"}]}``; each problem
         names the record (by ``seq``) where the chain breaks and how (edited, inserted, deleted)."""
         problems: list[dict] = []
+        if not self._has_ledger():
+            return {"ok": expect_head is None, "records": 0, "head": None,
+                    "problems": [] if expect_head is None else [{"seq": None, "problem": "this store has no ledger "
+                                                                 "(written before it existed), but a head was expected"}]}
         with self._read() as s:  # type: ignore[attr-defined]
             rows = list(s.scalars(select(LedgerRow).order_by(LedgerRow.seq)))
             head_meta = s.get(Meta, HEAD_KEY)
