@@ -8,7 +8,6 @@ import json
 import shutil
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +106,8 @@ class Answer:
 
 class Load:
     """Sends requests to ``model`` from ``concurrency`` threads until ``n`` are sent or ``stop()``; every answer is
-    kept for checking. Bounded: at most ``n`` requests, each with its own conversation id."""
+    kept for checking. Bounded: at most ``n`` requests, each with its own conversation id (``conv-SEED-I``: the
+    canary split, a hash of the id, is the same on every run — a test's traffic is reproducible)."""
 
     def __init__(self, client, model: str, *, n: int, concurrency: int = 3, max_tokens: int = 40, seed: int = 0,
                  questions=question):
@@ -124,7 +124,7 @@ class Load:
         self._stop.set()
 
     def _one(self, i: int) -> None:
-        conv = f"conv-{self.seed}-{i}-{uuid.uuid4().hex[:6]}"
+        conv = f"conv-{self.seed}-{i}"  # deterministic: which arm a conversation lands on is the same every run
         t0 = time.time()
         try:
             raw = self.client.chat.completions.with_raw_response.create(

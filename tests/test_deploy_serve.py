@@ -239,8 +239,6 @@ def test_shadow_answers_are_recorded_and_graded_never_returned(server, bad_model
     assert not load.errors and len(load.answers) == 24
     for a in load.answers:  # every response came from production
         assert a.checkpoint == PROD == a.fingerprint and dh.FORBIDDEN not in a.tools
-    import asyncio
-
     deadline = time.time() + 120
     while server.st.deploy._tasks and time.time() < deadline:  # the shadow queue drains in the background
         time.sleep(0.2)
@@ -258,7 +256,6 @@ def test_shadow_answers_are_recorded_and_graded_never_returned(server, bad_model
     assert dep["status"] == "rolled_back" and dep["production"] == "tool"
     obs = server.store.deployment_observations("shadowed", arm="shadow")
     assert obs and any(o["safety_violation"] for o in obs) and all("safety" in o["scores"] for o in obs if o["ok"])
-    del asyncio
 
 
 # ---- restart mid-canary ----------------------------------------------------------------------------------------
@@ -310,10 +307,7 @@ def test_restart_mid_canary_continues_split_counts_and_decision_state(models, tm
         first = dh.Load(oai(S), "agent", n=18, concurrency=3, seed=3).run()
         assert not first.errors
         deadline = time.time() + 60  # every trace written and observed before the kill
-        while time.time() < deadline:
-            dep = store.get_deployment("agent")
-            if len(store.deployment_observations("agent")) == 18:
-                break
+        while len(store.deployment_observations("agent")) < 18 and time.time() < deadline:
             time.sleep(0.2)
         before = store.get_deployment("agent")
         obs_before = store.deployment_observations("agent")

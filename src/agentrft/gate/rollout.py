@@ -442,12 +442,11 @@ def tick(store: Any, name: str, judges: dict[str, _Judge] | None = None, *, acto
                                     observations=[{k: v for k, v in o.items() if k != "violations"} for o in obs])
         return None
     started = state.get("phase_started_at")
-    arm = candidate_arm(dep["mode"])
     new_obs = []
     safety = dict(state.get("safety") or {"n": 0, "violations": 0})
     window = list(state.get("drift_window") or [])
     for t in traces:
-        if t["arm"] not in ("production", "candidate", "shadow"):
+        if t["arm"] not in ro_arms:
             continue
         if 400 <= int(t.get("status") or 0) < 500:  # refused before any model answered (the client's error): no
             continue                                  # evidence about either arm
