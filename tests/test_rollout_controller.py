@@ -224,3 +224,52 @@ def test_server_errors_count_against_the_arm_and_client_errors_do_not(st):
     d = ro.tick(st, "agent", {})
     assert d["action"] == "rollback" and d["rule"] == "guards.max_error_rate"
     assert d["evidence"]["arms"]["candidate"]["error_rate"] == 0.5
+
+
+def test_two_controllers_over_one_store_never_both_decide(store_url):
+    """Two servers sharing a store run two controllers (own connection pools, own judges) over the same traces at
+    once: every trace is observed once, and the rollback happens once (one event, one ledger record)."""
+    import threading
+
+    from agentrft.store import RunStore
+
+    a, b = RunStore(store_url), RunStore(store_url)
+    try:
+        ro.create_deployment(a, "agent", production="v1", candidate="v2", mode="canary", policy=POLICY)
+        for i in range(60):
+            serve(a, "agent", "candidate" if i % 5 == 0 else "production",
+                  tools=("lookup", FORBIDDEN) if i == 45 else ("lookup",))
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def loop(st) -> None:
+            judges: dict = {}
+            try:
+                while not stop.is_set():
+                    ro.tick(st, "agent", judges)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        ts = [threading.Thread(target=loop, args=(s,)) for s in (a, b)]
+        for t in ts:
+            t.start()
+        import time
+
+        deadline = time.time() + 60
+        while a.get_deployment("agent")["status"] != "rolled_back" and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        stop.set()
+        for t in ts:
+            t.join()
+        assert not errors, errors
+        obs = a.deployment_observations("agent")
+        assert len(obs) == 60 and len({o["trace_row"] for o in obs}) == 60
+        assert [e["kind"] for e in a.deployment_events("agent")] == ["create", "rollback"]
+        assert [r["kind"] for r in a.ledger()] == ["deployment_create", "deployment_rollback"]
+        safety = a.get_deployment("agent")["state"]["safety"]
+        assert (safety["n"], safety["violations"]) == (12, 1)
+        assert a.verify_ledger()["ok"]
+    finally:
+        a.close()
+        b.close()
