@@ -158,9 +158,14 @@ def test_canary_split_is_sticky_per_conversation(server):
     assert set(first.values()) == {PROD, server.good}  # both arms used at weight 0.5
     assert {k: arm(k) for k in first} == first  # and each conversation stays on its arm
     assert len({arm("", user="u-7") for _ in range(4)}) == 1  # sticky per user when there is no trace id
+    for conv in ("c0", "c1", "c2"):  # /v1/completions routes the same way
+        raw = client.completions.with_raw_response.create(model="sticky", prompt="hello", max_tokens=3,
+                                                          extra_headers={"X-Trace-Id": conv})
+        assert raw.headers["x-agentrft-checkpoint"] == first[conv]
     server.st.traces.flush()
     tr = server.store.traces(deployment="sticky")
-    assert len(tr) == 28 and {t["arm"] for t in tr} == {"production", "candidate"}
+    assert len(tr) == 31 and {t["arm"] for t in tr} == {"production", "candidate"}
+    assert {t["endpoint"] for t in tr} == {"chat.completions", "completions"}
     assert all((t["arm"] == "candidate") == (t["checkpoint_id"] == server.good) for t in tr)
     c.post("/v1/deployments/sticky/rollback")
 
