@@ -170,6 +170,31 @@ def test_canary_split_is_sticky_per_conversation(server):
     c.post("/v1/deployments/sticky/rollback")
 
 
+def test_shadow_requests_never_draw_on_the_clients_rate_limit(server):
+    from agentrft.serve.limits import TokenRateLimiter
+
+    c = api(server)
+    assert c.post("/v1/deployments", json={"name": "limited", "production": "tool", "candidate": server.good,
+                                           "mode": "shadow", "policy": {**POLICY, "shadow": {"min_samples": 500}}}
+                  ).status_code == 200
+    server.st.limiter = TokenRateLimiter(100_000)
+    try:
+        client = oai(server)
+        for i in range(3):
+            client.chat.completions.create(model="limited", messages=h.PLAIN, max_tokens=4,
+                                           extra_headers={"X-Trace-Id": f"lim-{i}"})
+        deadline = time.time() + 60
+        while server.st.deploy._tasks and time.time() < deadline:
+            time.sleep(0.1)
+        levels = dict(server.st.limiter._level)
+        assert set(levels) == {f"Bearer {TOKEN}", "shadow:limited"}  # two budgets: the client's, the shadow's
+        server.st.traces.flush()
+        assert len([t for t in server.store.traces(deployment="limited") if t["arm"] == "shadow"]) == 3
+    finally:
+        server.st.limiter = None
+        c.post("/v1/deployments/limited/rollback")
+
+
 # ---- what it must show -----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_planted_bad_canary_rolls_back_and_no_client_sees_it_after(server, bad_model, models):

@@ -259,6 +259,9 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
 
     # ---- shared request plumbing ----------------------------------------------------------------------------
     def client_key(request: Request) -> str:
+        route = getattr(request.state, "deploy_route", None)
+        if route is not None and route.arm == "shadow":  # the server's own shadow request: its own token budget,
+            return f"shadow:{route.deployment}"        # never the client's
         auth = request.headers.get("authorization")
         return auth or (request.client.host if request.client else "?")
 
