@@ -156,7 +156,7 @@ class OnlineGraders:
         obs = {"deployment": trace["deployment"], "phase": phase, "arm": trace["arm"], "trace_row": trace["id"],
                "trace_id": trace["trace_id"], "checkpoint_id": trace.get("checkpoint_id") or "", "ok": ok,
                "latency_s": float(trace.get("latency_s") or 0.0), "tool_calls": len(trace.get("tool_calls") or []),
-               "graded": False, "scores": {}, "safety_violation": False}
+               "graded": False, "scores": {}, "safety_violation": False, "created_at": trace.get("created_at")}
         if not ok:
             return obs
         sample = sample_of_trace(trace)

@@ -118,8 +118,10 @@ class DeploymentStore:
                     s.add(DeploymentEventRow(deployment=name, kind=event["kind"], mode=d.mode, weight=d.weight,
                                              phase=d.phase, actor=event.get("actor", ""),
                                              data=event.get("data") or {}, created_at=now))
-                for o in observations or []:
-                    s.add(DeploymentObservationRow(**{k: o[k] for k in _OBS_FIELDS if k in o}, created_at=now))
+                for o in observations or []:  # created_at: when the request was served (default: now)
+                    at = o.get("created_at")
+                    at = datetime.fromisoformat(at) if isinstance(at, str) else (at or now)
+                    s.add(DeploymentObservationRow(**{k: o[k] for k in _OBS_FIELDS if k in o}, created_at=at))
                 s.flush()
                 if ledger is not None:
                     append_in_session(s, ledger["kind"], name, ledger.get("data") or {}, ledger.get("actor", ""))

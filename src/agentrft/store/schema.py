@@ -416,7 +416,7 @@ class DeploymentObservationRow(Base):
     """One served request of a deployment as the controller saw it: which arm answered (``production``,
     ``candidate``, ``shadow``), whether it failed, its latency and tool calls, and the online graders' scores
     (``scores``: grader name → score; ``safety_violation``: a safety grader flagged it). ``trace_row``: the
-    ``traces.id`` it came from (unique: a trace is observed once)."""
+    ``traces.id`` it came from (unique: a trace is observed once); ``created_at``: when that request was served."""
 
     __tablename__ = "deployment_observations"
     __table_args__ = (Index("ix_depobs_dep_phase_arm", "deployment", "phase", "arm"),)
