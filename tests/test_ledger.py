@@ -162,3 +162,21 @@ def test_a_store_from_before_the_ledger_reads_as_empty_and_gets_one_on_write_ope
     rw.append_ledger("note", "x", {})
     assert rw.verify_ledger()["records"] == 1 and rw.list_deployments() == []
     rw.close()
+
+
+def test_approval_decisions_are_recorded_in_the_ledger_with_the_decision(store_url):
+    st = RunStore(store_url)
+    try:
+        a = st.enqueue_approval("conv-1", "lookup", {"q": "acme"})
+        b = st.enqueue_approval("conv-2", "refund", '{"amount": 5}')
+        st.decide_approval(a, "approved", decided_by="alice")
+        st.decide_approval(b, "denied", decided_by="bob", reason="over the limit")
+        recs = st.ledger()
+        assert [(r["kind"], r["subject"], r["actor"]) for r in recs] == [
+            ("approval.approved", f"approval:{a}", "alice"), ("approval.denied", f"approval:{b}", "bob")]
+        assert recs[1]["data"]["reason"] == "over the limit" and recs[1]["data"]["tool_name"] == "refund"
+        with pytest.raises(Exception, match="already approved by alice"):
+            st.decide_approval(a, "denied", decided_by="carol")
+        assert len(st.ledger()) == 2 and st.verify_ledger()["ok"]  # a refused second decision records nothing
+    finally:
+        st.close()

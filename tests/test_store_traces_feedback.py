@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from agentrft.store import RunStore, StoreError
-from agentrft.store.schema import utcnow
+from agentrft.store.schema import SCHEMA_VERSION, utcnow
 
 
 def _trace(i: int, conv: str, **kw) -> dict:
@@ -86,5 +86,5 @@ def test_a_version_2_store_is_read_as_it_is_and_migrated_on_write_open(tmp_path)
     assert [t["arm"] for t in rw.traces()] == [None, "candidate"] and len(rw.feedback()) == 1
     rw.close()
     con = sqlite3.connect(db)
-    assert con.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone() == ("3",)
+    assert con.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     con.close()

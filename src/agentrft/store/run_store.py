@@ -22,6 +22,7 @@ import json
 import math
 import os
 import secrets
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,7 +56,7 @@ from agentrft.types import Trajectory
 
 from agentrft.store.jobs import JobStore  # the OpenAI fine-tuning API's files, jobs, events, leases (issue 16)
 from agentrft.store.deployments import DeploymentStore  # deployments, their events and observations (issue 17)
-from agentrft.store.ledger import LedgerStore  # the hash-chained audit ledger (issue 17)
+from agentrft.store.ledger import LedgerStore, append_in_session  # the hash-chained audit ledger (issue 17)
 
 # OpenAI's job statuses; "queued" is the status of a run just created.
 RUN_STATUSES = ("validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled")
@@ -750,16 +751,27 @@ class RunStore(JobStore, DeploymentStore, LedgerStore):
             raise ValueError(f"decision {decision!r}: expected 'approved' or 'denied'")
         if not decided_by.strip() or len(decided_by.strip()) > 200:
             raise ValueError("decided_by: say who decides (1 to 200 characters)")
-        with self._write() as s:
-            a = s.get(Approval, int(approval_id))
-            if a is None:
-                raise StoreError(f"no approval request {approval_id}")
-            if a.status != "pending":
-                raise StoreError(f"approval request {approval_id} was already {a.status} by {a.decided_by} at "
-                                 f"{_iso(a.decided_at)}")
-            a.status, a.decided_by, a.decided_at, a.reason = decision, decided_by.strip(), utcnow(), reason
-            s.flush()
-            return _approval_dict(a)
+        for attempt in range(50):
+            try:
+                with self._write() as s:
+                    a = s.get(Approval, int(approval_id))
+                    if a is None:
+                        raise StoreError(f"no approval request {approval_id}")
+                    if a.status != "pending":
+                        raise StoreError(f"approval request {approval_id} was already {a.status} by {a.decided_by} "
+                                         f"at {_iso(a.decided_at)}")
+                    a.status, a.decided_by, a.decided_at, a.reason = decision, decided_by.strip(), utcnow(), reason
+                    s.flush()
+                    out = _approval_dict(a)
+                    # the decision and its ledger record commit together (the audit ledger, store/ledger.py)
+                    append_in_session(s, f"approval.{decision}",
+                                      f"approval:{a.id}", {k: out[k] for k in ("id", "trace_id", "tool_name",
+                                                                               "arguments", "status", "reason")},
+                                      out["decided_by"])
+                    return out
+            except IntegrityError:  # another ledger writer took the next seq first: decide again on the new head
+                time.sleep(0.002 * (attempt + 1))
+        raise StoreError(f"decide_approval({approval_id}): lost the race for the ledger's next record 50 times")
 
     # ---- diagnostics ---------------------------------------------------------------------------------------
     def pragma(self, name: str) -> Any:

@@ -29,8 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3  # 2: runs.heartbeat_at; 3: traces.deployment/arm and the feedback table (columns added in place
-#                      to older stores on their first write open)
+SCHEMA_VERSION = 4  # 2: runs.heartbeat_at; 3: traces.deployment/arm and the feedback table; 4: deployments, their
+#                      events and observations, and the ledger (columns and tables added in place to older stores on
+#                      their first write open)
 
 
 def utcnow() -> datetime:
