@@ -183,6 +183,74 @@ class MonitorConfig(_Strict):
     pause_on_alert: bool | list[str] = Field(False, description="pause the run on any alert (true) or on these signals")
 
 
+class SamplerConfig(_Strict):
+    """Where rollouts are sampled (agentrft.policy.remote_sampler): ``local`` = the learner's own model in this
+    process; ``remote`` = an OpenAI/vLLM-compatible server's token-id ``/v1/completions``, with the learner's weights
+    pushed to it after every update (``weight_sync``). docs/gpu.md has the vLLM recipe."""
+
+    type: Literal["local", "remote"] = Field("local", description="local (in-process) | remote (a server)")
+    base_url: str | None = Field(None, description="remote: the server's OpenAI base URL, e.g. "
+                                 "http://127.0.0.1:8000/v1")
+    api_key: str | None = Field(None, description="remote: Bearer token ('${VAR}' reads the environment); never "
+                                "recorded")
+    model: str | None = Field(None, description="remote: the base model's id on the server (default: the first "
+                              "entry of its /v1/models)")
+    command: str | list[str] | None = Field(None, description="remote: start the engine here — a command the trainer "
+                                            "runs, waits on until <base_url>/../health answers, and stops at the end; "
+                                            "null = connect to a running one")
+    startup_timeout_s: float = Field(600.0, gt=0, le=86_400, description="remote: how long command may take to "
+                                     "become healthy")
+    request_timeout_s: float = Field(300.0, gt=0, le=86_400, description="remote: per completion request")
+    max_concurrency: int = Field(64, ge=1, le=4096, description="remote: completion requests in flight")
+    retries: int = Field(3, ge=0, le=100, description="remote: retries of a request on a transport error, 429 "
+                         "or 5xx")
+    seed_mode: Literal["offset", "mixed"] = Field("offset", description="remote: offset = send seed + seed_offset "
+                                                  "(agentrft serve: token-identical to the in-process sampler); "
+                                                  "mixed = one seed per turn (vLLM, which has no offset)")
+    weight_sync: Literal["lora", "none"] = Field("lora", description="remote: lora = hot-load the adapter after each "
+                                                 "update under a new name; none = never (the server samples its "
+                                                 "weights as loaded: evaluation, or debugging)")
+    keep_adapters: int = Field(2, ge=1, le=1000, description="remote: adapters left loaded on the server (older "
+                               "ones are unloaded)")
+    check_mismatch: bool = Field(True, description="remote: per step, recompute the learner's log-probs of the "
+                                 "sampled tokens (one extra forward) for the sampler-vs-learner KL monitor")
+    mismatch_kl_alert: float = Field(1e-3, gt=0, description="alert (signal sampler_mismatch_kl) when the mean KL "
+                                     "between sampler and learner at the sampled tokens exceeds this")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _full_sync(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("weight_sync") == "full":
+            raise ValueError("weight_sync: full (vLLM's pause / update / resume) is not implemented yet; train with "
+                             "LoRA (weight_sync: lora) for a remote sampler")
+        return data
+
+    @model_validator(mode="after")
+    def _remote_keys(self) -> "SamplerConfig":
+        if self.type == "remote" and not self.base_url:
+            raise ValueError("type: remote needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.type == "local":
+            given = [k for k in ("base_url", "api_key", "model", "command") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for type: remote")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        return self
+
+
+class RolloutConfig(_Strict):
+    """How rollouts are scheduled against updates (agentrft.rl.async_rollouts)."""
+
+    max_staleness: int = Field(0, ge=0, le=64, description="0 = synchronous (each step samples from the weights of "
+                               "the step before); k > 0 = async off-policy: the rollouts of the next steps are "
+                               "sampled while the current step trains, from weights at most k updates old (needs "
+                               "sampler.type: remote)")
+    tis_cap: float | None = Field(None, ge=1, description="truncated importance sampling (async, token loss): the "
+                                  "clipped ratio is taken against the learner's log-probs before the update and each "
+                                  "token's advantage weighted by min(p_learner / p_sampler, tis_cap); null = off (the "
+                                  "ratio is against the sampler's log-probs)")
+
+
 class RunConfig(_Strict):
     name: str | None = Field(None, description="the run's name in the store (default: the training file's stem)")
     model: str = Field(description="HF id, model directory or agentrft checkpoint directory")
@@ -202,6 +270,8 @@ class RunConfig(_Strict):
                                                    "sample.output_json")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     store: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<output_dir>/agentrft.db")
     loggers: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
         default_factory=list, description="metric sinks beside the store (agentrft.loggers); offline by default")
@@ -231,6 +301,15 @@ class RunConfig(_Strict):
     def _check(self) -> "RunConfig":
         if not self.grader.get("type"):
             raise ValueError("grader.type is required")
+        return self
+
+    @model_validator(mode="after")
+    def _async_needs_remote(self) -> "RunConfig":
+        if self.rollout.max_staleness and self.sampler.type != "remote":
+            raise ValueError("rollout.max_staleness > 0 needs sampler.type: remote (the in-process sampler is the "
+                             "learner's own model, which the update changes under it)")
+        if self.rollout.tis_cap is not None and self.hyperparameters.loss != "token":
+            raise ValueError("rollout.tis_cap weights each token's advantage: it needs hyperparameters.loss: token")
         return self
 
     # ---- resolved paths --------------------------------------------------------------------------

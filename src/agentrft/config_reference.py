@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from agentrft.config import Hyperparameters, LoraConfig, MonitorConfig, RunConfig
+from agentrft.config import Hyperparameters, LoraConfig, MonitorConfig, RolloutConfig, RunConfig, SamplerConfig
 from agentrft.rl.sft import SFTConfig, SFTHyperparameters
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
@@ -20,6 +20,8 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`hyperparameters`", Hyperparameters, "hyperparameters."),
     ("`hyperparameters.lora` (null for full fine-tuning)", LoraConfig, "hyperparameters.lora."),
     ("`monitors`", MonitorConfig, "monitors."),
+    ("`sampler` (docs/gpu.md)", SamplerConfig, "sampler."),
+    ("`rollout`", RolloutConfig, "rollout."),
     ("SFT config (`agentrft sft --config`)", SFTConfig, ""),
     ("SFT `hyperparameters`", SFTHyperparameters, "hyperparameters."),
 ]
@@ -76,5 +78,6 @@ def defaults_yaml(kind: str = "train") -> str:
                 "environment": None, "tools": [], "grader": "<grader JSON object or a .json path>",
                 "holdout_graders": {}, "monitors": MonitorConfig().model_dump(), "response_format": None,
                 "hyperparameters": Hyperparameters().model_dump(), "approval": {"policy": "allow"},
+                "sampler": SamplerConfig().model_dump(exclude_none=True), "rollout": RolloutConfig().model_dump(),
                 "store": None, "output_dir": "runs"}
     return yaml.safe_dump(data, sort_keys=False)

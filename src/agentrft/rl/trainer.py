@@ -101,6 +101,8 @@ class Trainer:
         self.console = console
         self.resume_id = resume
         self.timings: dict[str, float] = {}
+        self._remote: Any = None  # agentrft.rl.remote_training.RemoteTraining (sampler: {type: remote})
+        self._async: Any = None  # agentrft.rl.async_rollouts.AsyncRollouts (rollout.max_staleness > 0)
 
     # ---- setup -------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -109,6 +111,8 @@ class Trainer:
         self._load_learner(model_path)
         if self.resume_id:
             self._restore()
+        if self._remote:
+            self._remote.start(self.learner, self.start_step)
         from agentrft.loggers import open_loggers  # last: a start that fails before here leaves no tracker run open
 
         self.loggers = open_loggers(self.cfg.loggers, self.run_dir, self.run_id, self.cfg.model_dump(),
@@ -198,11 +202,28 @@ class Trainer:
             )
         except ValueError as e:  # a setting this machine cannot honour (compile_learner without a compiler)
             raise TrainingError(f"hyperparameters: {e}") from None
-        self.stack.attach(policy, model=self.learner.model)  # samples from the learner's (LoRA-wrapped) model
+        # sampler: {type: remote}: a server samples, the learner's weights are pushed to it after each update
+        self._remote = self._remote_training(policy)
+        self.stack.attach(policy, model=self.learner.model,  # else: the learner's own (LoRA-wrapped) model
+                          sampler=self._remote.sampler if self._remote else None)
         self.sampler, self.loop = self.stack.sampler, self.stack.loop
         self._check_prompt_budget()
         self.train_params, self.eval_params = self.stack.train_params, self.stack.eval_params
         self.best: list[tuple[float, int, str]] = []  # (val reward, step, checkpoint dir)
+
+    def _remote_training(self, policy: Any) -> Any:
+        """The remote sampler's engine, client, weight sync and async-safety monitor (agentrft.rl.remote_training),
+        or None for the in-process sampler."""
+        if self.cfg.sampler.type != "remote":
+            return None
+        from agentrft.policy.engine_process import EngineStartError
+        from agentrft.policy.remote_sampler import RemoteSamplerError
+        from agentrft.rl.remote_training import RemoteTraining
+
+        try:
+            return RemoteTraining.build(self.cfg, self.run_dir, self.run_id, policy.renderer.stop_ids)
+        except (EngineStartError, RemoteSamplerError, ValueError) as e:
+            raise TrainingError(str(e), field="sampler") from None
 
     def _check_prompt_budget(self) -> None:
         """Rows whose prompt alone fills the context: warned about with their count before training; a run where
@@ -259,6 +280,8 @@ class Trainer:
             self._setup()
         except BaseException:
             abort_start(self)  # recorded as failed, not queued forever; the new run's directory removed
+            if getattr(self, "_remote", None):
+                self._remote.close()  # stops the engine it started
             raise
         beat = Heartbeat(self.store, self.run_id).start()  # a killed run shows as interrupted once it stops
         try:
@@ -272,6 +295,8 @@ class Trainer:
         finally:
             beat.stop()
             self.router.close()
+            if getattr(self, "_remote", None):
+                self._remote.close()
             self._writer.shutdown(wait=True)
             self.loggers.close()
         self.store.set_status(self.run_id, "paused" if self.paused else "succeeded")
@@ -279,6 +304,11 @@ class Trainer:
 
     def _train(self) -> None:
         from agentrft.progress import TrainProgress
+
+        if self.cfg.rollout.max_staleness:
+            from agentrft.rl.async_rollouts import producer
+
+            self._async = producer(self)
 
         self._last_save = time.monotonic()
         self._saved_step = self.start_step - 1 if self.start_step > 1 else None  # the step `latest` holds
@@ -289,6 +319,9 @@ class Trainer:
             except BaseException:
                 self._flush_writes(raise_errors=False)  # the step that failed is not recorded; the one before is
                 raise
+            finally:
+                if self._async:
+                    self._async.close()
             self._flush_writes()
 
     def _loop(self, prog: Any) -> None:
@@ -338,8 +371,9 @@ class Trainer:
     def _train_step(self, step: int, prog: Any) -> dict[str, Any]:
         hp = self.hp
         t_iter = time.perf_counter()
-        row_ids = self.cursor.take(len(self.train_rows), hp.batch_size, hp.seed)
-        rows: list[Row] = [self.train_rows[i] for i in row_ids]
+        batch = self._async.take(step) if self._async else None  # rollout.max_staleness: sampled in the background
+        row_ids = self.cursor.take(len(self.train_rows), hp.batch_size, hp.seed) if batch is None else []
+        rows: list[Row] = batch.rows if batch else [self.train_rows[i] for i in row_ids]
         tasks = [
             RolloutTask(row=r, seed=rollout_seed(hp.seed, step, r.index, k), split="train",
                         group_id=f"s{step}-r{r.index}-{j}", sample_index=k, data_dir=self.data_dir)
@@ -348,20 +382,28 @@ class Trainer:
         ]
         t0 = time.perf_counter()
         prog.start_rollouts(len(tasks), "rollouts")
-        self.sampler.version = f"{self.run_id}:policy-{step - 1}"  # the weights that sample this step
-        trajs = self.loop.run(tasks, self.train_params, on_done=prog.rollout_done)
-        t_sample = time.perf_counter() - t0
+        if batch is None:
+            self.sampler.version = f"{self.run_id}:policy-{step - 1}"  # the weights that sample this step
+            trajs = self.loop.run(tasks, self.train_params, on_done=prog.rollout_done)
+        else:
+            trajs, self.cursor = batch.trajs, Cursor(*batch.cursor)
+        # async: the time this step waited for its batch (the batch's own sampling time is time/batch_sampling)
+        t_sample = time.perf_counter() - t0 if batch is None else self._async.waited_s
         t0 = time.perf_counter()
         grade_trajectories(trajs, {r.index: r.item for r in rows}, self.grader, holdouts=self.holdouts,
                            response_format=self.cfg.response_format)
         t_grade = time.perf_counter() - t0
         counts = assign_advantages(trajs, self.advantage_fn)
         trained = [t for t in trajs if t.advantage is not None]
+        if self._remote:
+            self._remote.measure(step, trajs, self.learner)  # before the update: lag + sampler-vs-learner KL
         t0 = time.perf_counter()
         upd: dict[str, float] = {}
         if trained:
             base = turn_baselines(trained) if hp.turn_credit_coef else {}
             advs = {t.trace_id: token_advantages(t, hp.turn_credit_coef, base.get(t.group_id, 0.0)) for t in trained}
+            if self._remote:  # rollout.tis_cap: decoupled ratio with truncated importance weights
+                trained, advs = self._remote.importance(step, trained, advs)
             order = list(trained)
             random.Random(hp.seed + step).shuffle(order)
             n = hp.mini_batches
@@ -371,6 +413,10 @@ class Trainer:
             if hp.kl_coef == 0 and self.learner.is_lora:
                 upd["kl"] = self.learner.kl_to_reference(trained)
         t_train = time.perf_counter() - t0
+        if self._remote:
+            self._remote.sync(step, self.learner)  # the engine samples policy-<step> from now on
+        if self._async:
+            self._async.updated(step)  # lets the batches that were waiting for policy-<step> start
         m = agent_metrics(trajs)
         m.update({
             "step": step,
@@ -384,6 +430,10 @@ class Trainer:
         })
         m["train_reward_mean"] = m["reward_mean"]
         self.monitor.observe_train(step, m, trajs)
+        if self._remote:
+            self._remote.report(step, m, self.monitor)
+        if batch is not None:
+            m["time/batch_sampling"] = batch.sample_s
         # rollouts + grading + update + bookkeeping; evals are timed on their own (valid) row
         m["time/full_iteration"] = time.perf_counter() - t_iter
         self._flush_writes()  # the previous step's record: records land in step order, one in flight

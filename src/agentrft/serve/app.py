@@ -589,7 +589,8 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         params = sampling_params(req.temperature, req.top_p, mt)
         top = req.logprobs or 0
         ss = seeds(req.seed, req.n)
-        gens = [GenRequest(list(p), params, ss[k], target.variant, stop=list(req.stop), top_logprobs=top)
+        gens = [GenRequest(list(p), params, ss[k], target.variant, stop=list(req.stop), top_logprobs=top,
+                           seed_offset=req.seed_offset or 0)
                 for p in prompts for k in range(req.n)]
         await run_or_refund(request, target, gens, reserved)
         choices = []
@@ -614,7 +615,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                checkpoint_id=target.checkpoint, status=200, messages=[{"prompt_token_ids": p} for p in prompts],
                tools=None, user=req.user, metadata=req.metadata or {},
                params={"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "n": req.n,
-                       "max_tokens": req.max_tokens, "stop": req.stop},
+                       "max_tokens": req.max_tokens, "stop": req.stop, "seed_offset": req.seed_offset},
                choices=[{"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"],
                          "token_ids": gens[c["index"]].ids} for c in choices], tool_calls=[],
                prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],

@@ -166,6 +166,9 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
     best_of: int | None = None
     return_token_ids: bool = False  # vLLM's extension: prompt_token_ids and token_ids in each choice
+    # agentrft's extension: start each choice's random stream ``seed_offset`` draws into the stream of its seed (a
+    # trajectory's later turns continue its stream: agentrft.policy.seeding); needs a seed
+    seed_offset: int | None = Field(None, ge=0, le=100_000_000)
 
     @model_validator(mode="after")
     def _check(self) -> "CompletionRequest":
@@ -175,6 +178,8 @@ class CompletionRequest(_Sampling):
             raise ValueError("suffix is not supported by this server")
         if self.best_of not in (None, 1, self.n):
             raise ValueError("best_of is not supported by this server")
+        if self.seed_offset and self.seed is None:
+            raise ValueError("seed_offset needs a seed")
         p = self.prompt
         if isinstance(p, list) and not p:
             raise ValueError("prompt must not be empty")

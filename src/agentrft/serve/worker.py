@@ -13,7 +13,8 @@ with its own params; ``sample_tokens`` is row-wise, so a request's tokens do not
 then those of the untempered distribution (T=1), as OpenAI reports them.
 
 Each request has its own ``torch.Generator().manual_seed(seed)`` — exactly how the agent loop seeds a rollout —
-so the same prompt and seed give the rollout engine's tokens.
+so the same prompt and seed give the rollout engine's tokens; ``seed_offset`` starts that stream where a
+trajectory's earlier turns left it (:mod:`agentrft.policy.seeding`), so a remote sampler's every turn matches too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from agentrft.policy.sampling import SamplingParams
+from agentrft.policy.seeding import seeded_generator
 from agentrft.policy.transformers_sampler import TransformersSampler
 from agentrft.serve.fallback import GenerateEngine
 
@@ -50,6 +52,7 @@ class GenRequest:
     params: SamplingParams
     seed: int
     variant: str = ""
+    seed_offset: int = 0  # draws already taken from the seed's stream (agentrft.policy.seeding)
     stop: list[str] = field(default_factory=list)
     top_logprobs: int = 0
     on_update: Callable[["GenRequest"], None] | None = None  # from the worker thread, after new tokens / at the end
@@ -278,8 +281,7 @@ class Worker:
                 req.checkpoint = self.adapters.get(variant, self.checkpoint) if variant else self.checkpoint
                 req.started_at = time.perf_counter()
                 limit = min(req.params.max_new_tokens, self.context - len(req.prompt))
-                eng.feed(slot, req.prompt, torch.Generator().manual_seed(int(req.seed) % (2**63)), limit,
-                         params=req.params)
+                eng.feed(slot, req.prompt, seeded_generator(req.seed, req.seed_offset), limit, params=req.params)
                 busy[slot] = req
         for variant, busy in self.slot_req.items():
             if not busy:
