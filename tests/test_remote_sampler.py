@@ -228,6 +228,7 @@ def test_a_skipped_weight_sync_fires_the_mismatch_alert(server, tiny_model, look
     run_id = Trainer(cfg, progress=False).run()
     metrics = {m["step"]: m for m in RunStore(cfg.store_url).step_metrics(run_id, split="train")}
     kl = {s: metrics[s]["sampler_mismatch_kl"] for s in metrics}
+    print("sampler_mismatch_kl by step:", kl)
     assert kl[1] < 1e-5 and kl[3] < 1e-5, kl  # in sync (policy-2 was pushed)
     assert kl[2] > 1e-4, kl
     assert metrics[2]["alert/sampler_mismatch_kl"] == 1.0
