@@ -249,6 +249,12 @@ class RolloutConfig(_Strict):
                                   "clipped ratio is taken against the learner's log-probs before the update and each "
                                   "token's advantage weighted by min(p_learner / p_sampler, tis_cap); null = off (the "
                                   "ratio is against the sampler's log-probs)")
+    backend: Literal["local", "ray"] = Field("local", description="local = agent loops in this process; ray = in "
+                                             "Ray actors (tools run there; needs sampler.type: remote and "
+                                             "agentrft[ray])")
+    workers: int = Field(2, ge=1, le=4096, description="ray: rollout actors")
+    worker_concurrency: int = Field(16, ge=1, le=4096, description="ray: rollouts one actor runs at once")
+    ray_address: str | None = Field(None, description="ray: a cluster to join (default: start a local one)")
 
 
 class RunConfig(_Strict):
@@ -308,6 +314,8 @@ class RunConfig(_Strict):
         if self.rollout.max_staleness and self.sampler.type != "remote":
             raise ValueError("rollout.max_staleness > 0 needs sampler.type: remote (the in-process sampler is the "
                              "learner's own model, which the update changes under it)")
+        if self.rollout.backend == "ray" and self.sampler.type != "remote":
+            raise ValueError("rollout.backend: ray needs sampler.type: remote (the actors sample through the engine)")
         if self.rollout.tis_cap is not None and self.hyperparameters.loss != "token":
             raise ValueError("rollout.tis_cap weights each token's advantage: it needs hyperparameters.loss: token")
         return self

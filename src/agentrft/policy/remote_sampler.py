@@ -94,6 +94,16 @@ class RemoteSampler:
             self._remember(g, off + len(out.ids))
         return gens
 
+    def pinned(self, model: str, version: str | None) -> "RemoteSampler":
+        """A view of this sampler fixed to one served model and version label, sharing its connections, threads
+        and stream positions (each rollout of a worker, or each async batch, keeps the weights it started with
+        while the trainer moves the original on)."""
+        import copy
+
+        view = copy.copy(self)
+        view.model, view.version = model, version
+        return view
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

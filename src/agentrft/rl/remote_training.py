@@ -72,6 +72,7 @@ class RemoteTraining:
         self.base_model = sampler.model
         self.sync_s: dict[int, float] = {}
         self.tis_cap: float | None = None
+        self.pool: Any = None  # agentrft.rollout.ray_workers.RayRolloutLoop (rollout.backend: ray)
         self.tis_stats: dict[int, dict[str, float]] = {}
 
     @classmethod
@@ -101,6 +102,22 @@ class RemoteTraining:
         rt = cls(sampler, sync, monitor, run_id, engine)
         rt.tis_cap = cfg.rollout.tis_cap
         return rt
+
+    def start_pool(self, cfg: RunConfig, model_ref: str) -> Any:
+        """With ``rollout.backend: ray``: the pool of Ray rollout actors (agentrft.rollout.ray_workers), whose
+        ``run`` replaces the agent loop's; else None."""
+        ro = cfg.rollout
+        if ro.backend != "ray":
+            return None
+        from agentrft.rollout.ray_workers import RayRolloutLoop
+
+        sc = cfg.sampler
+        spec = {"config": cfg.model_dump(), "base_dir": cfg.base_dir, "model_path": model_ref,
+                "base_url": sc.base_url, "model": self.sampler.model, "api_key": resolve_secret(sc.api_key),
+                "timeout_s": sc.request_timeout_s, "retries": sc.retries, "seed_mode": sc.seed_mode}
+        self.pool = RayRolloutLoop(spec=spec, sampler=self.sampler, workers=ro.workers,
+                                   concurrency=ro.worker_concurrency, address=ro.ray_address)
+        return self.pool
 
     def version(self, n: int) -> str:
         return f"{self.run_id}:policy-{n}"
@@ -140,10 +157,14 @@ class RemoteTraining:
         if step in self.sync_s:
             metrics["time/weight_sync"] = self.sync_s.pop(step)
         metrics.update(self.tis_stats.pop(step, {}))
+        if self.pool is not None:
+            metrics.update({f"rollout/{k}": v for k, v in self.pool.stats.items()})
         return self.monitor.report(step, metrics, monitor)
 
     def close(self) -> None:
         try:
+            if self.pool is not None:
+                self.pool.close()
             self.sampler.close()
             if self.weight_sync is not None:
                 self.weight_sync.close()

@@ -207,6 +207,8 @@ class Trainer:
         self.stack.attach(policy, model=self.learner.model,  # else: the learner's own (LoRA-wrapped) model
                           sampler=self._remote.sampler if self._remote else None)
         self.sampler, self.loop = self.stack.sampler, self.stack.loop
+        if self._remote and self._remote.pool:  # rollout.backend: ray — the same run() over Ray actors
+            self.loop = self._remote.pool
         self._check_prompt_budget()
         self.train_params, self.eval_params = self.stack.train_params, self.stack.eval_params
         self.best: list[tuple[float, int, str]] = []  # (val reward, step, checkpoint dir)
@@ -221,9 +223,15 @@ class Trainer:
         from agentrft.rl.remote_training import RemoteTraining
 
         try:
-            return RemoteTraining.build(self.cfg, self.run_dir, self.run_id, policy.renderer.stop_ids)
+            rt = RemoteTraining.build(self.cfg, self.run_dir, self.run_id, policy.renderer.stop_ids)
         except (EngineStartError, RemoteSamplerError, ValueError) as e:
             raise TrainingError(str(e), field="sampler") from None
+        try:
+            rt.start_pool(self.cfg, policy.ref)
+        except Exception as e:
+            rt.close()
+            raise TrainingError(f"rollout: {e}", field="rollout") from None
+        return rt
 
     def _check_prompt_budget(self) -> None:
         """Rows whose prompt alone fills the context: warned about with their count before training; a run where
