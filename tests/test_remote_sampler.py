@@ -234,3 +234,29 @@ def test_a_skipped_weight_sync_fires_the_mismatch_alert(server, tiny_model, look
     assert metrics[2]["alert/sampler_mismatch_kl"] == 1.0
     assert [a["signal"] for a in metrics[2]["alerts"]] == ["sampler_mismatch_kl"]
     assert all(m["policy_lag_max"] == 0 for m in metrics.values())
+
+
+def test_the_api_key_is_read_from_the_environment_and_never_recorded(monkeypatch, tmp_path):
+    from agentrft.config import parse_config
+    from agentrft.redact import redact_config
+    from agentrft.rl.remote_training import resolve_secret
+
+    cfg = parse_config({"model": "m", "training_file": "t.jsonl", "grader": {"type": "string_check"},
+                        "sampler": {"type": "remote", "base_url": "http://127.0.0.1:1/v1", "api_key": "s3cret"}})
+    assert redact_config(cfg.model_dump())["sampler"]["api_key"] == "<redacted>"
+    monkeypatch.setenv("ENGINE_TOKEN", "from-env")
+    assert resolve_secret("${ENGINE_TOKEN}") == "from-env"
+    monkeypatch.delenv("ENGINE_TOKEN")
+    with pytest.raises(ValueError, match="ENGINE_TOKEN is not set"):
+        resolve_secret("${ENGINE_TOKEN}")
+
+
+def test_an_engine_command_that_dies_is_reported_with_its_log(tmp_path):
+    from agentrft.policy.engine_process import EngineProcess, EngineStartError
+
+    eng = EngineProcess([sys.executable, "-c", "print('no GPU found'); raise SystemExit(3)"],
+                        "http://127.0.0.1:1/v1", tmp_path / "engine.log", startup_timeout_s=60)
+    with pytest.raises(EngineStartError, match=r"exited with status 3 .*\n.*no GPU found"):
+        eng.start()
+    with pytest.raises(EngineStartError, match="cannot start 'no-such-engine-binary'"):
+        EngineProcess("no-such-engine-binary serve", "http://127.0.0.1:1/v1", tmp_path / "e2.log").start()
