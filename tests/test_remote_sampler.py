@@ -260,3 +260,27 @@ def test_an_engine_command_that_dies_is_reported_with_its_log(tmp_path):
         eng.start()
     with pytest.raises(EngineStartError, match="cannot start 'no-such-engine-binary'"):
         EngineProcess("no-such-engine-binary serve", "http://127.0.0.1:1/v1", tmp_path / "e2.log").start()
+
+
+def test_a_vllm_answer_without_token_ids_is_read_from_its_token_id_strings():
+    """vLLM itself cannot run here (CUDA-only wheels): this is the shape of its /v1/completions choice with
+    ``return_tokens_as_token_ids`` and no ``token_ids`` (vLLM before return_token_ids), written out by hand."""
+    s = RemoteSampler("http://127.0.0.1:1/v1", model="m", stop_ids={2})
+    try:
+        choice = {"text": "", "finish_reason": "stop",
+                  "logprobs": {"tokens": ["token_id:17", "token_id:5", "token_id:2"],
+                               "token_logprobs": [-0.5, -1.25, -0.01], "top_logprobs": None}}
+        assert s._parse({"choices": [choice]}) == ([17, 5, 2], [-0.5, -1.25, -0.01], "stop")
+        choice["logprobs"]["tokens"] = choice["logprobs"]["tokens"][:2]
+        choice["logprobs"]["token_logprobs"] = choice["logprobs"]["token_logprobs"][:2]
+        assert s._parse({"choices": [choice]})[2] == "length"  # cut before a stop token
+        with pytest.raises(RemoteSamplerError, match="no sampled token ids"):
+            s._parse({"choices": [{"text": "hi", "logprobs": None}]})
+        assert s._body([1, 2], SamplingParams(0.7, 0.9, 8), 5, 3, 8)["seed_offset"] == 3
+        mixed = RemoteSampler("http://127.0.0.1:1/v1", model="m", stop_ids={2}, seed_mode="mixed")
+        b = mixed._body([1, 2], SamplingParams(0.7, 0.9, 8), 5, 3, 8)
+        assert "seed_offset" not in b and b["seed"] != 5 and b["seed"] != mixed._body([1], SamplingParams(), 5, 4, 8)[
+            "seed"]
+        mixed.close()
+    finally:
+        s.close()

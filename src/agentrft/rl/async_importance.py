@@ -40,7 +40,7 @@ def decoupled_batch(trajs: list[Any], token_advs: list[list[float]], proximal: d
     out_t, out_a = [], []
     n = s = cut = 0.0
     for t, adv in zip(trajs, token_advs):
-        prox = proximal[t.trace_id]
+        prox = proximal.get(t.trace_id, t.logprobs)  # no sampled tokens (never scored): nothing to weight
         w = tis_weights(t.logprobs, prox, t.loss_mask, cap)
         out_t.append(dataclasses.replace(t, logprobs=[p if m else lp for p, lp, m in zip(prox, t.logprobs,
                                                                                      t.loss_mask)]))

@@ -126,6 +126,10 @@ class AsyncSafetyMonitor:
         """The learner's log-probs kept by :meth:`measure` for ``step`` (handed over once)."""
         return self._logprobs.pop(step)
 
+    def discard(self, step: int) -> None:
+        """Drop what :meth:`measure` kept for ``step`` (a step that trained nothing never asked for it)."""
+        self._logprobs.pop(step, None)
+
     def report(self, step: int, metrics: dict[str, Any], monitor: Any = None) -> list[Alert]:
         """After the step's other monitors: its measurements into ``metrics``, and alerts (added to ``metrics``'
         ``alerts`` and to ``monitor.history``, as :class:`agentrft.evals.monitors.Monitor` records its own)."""

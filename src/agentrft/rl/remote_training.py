@@ -157,6 +157,7 @@ class RemoteTraining:
         if step in self.sync_s:
             metrics["time/weight_sync"] = self.sync_s.pop(step)
         metrics.update(self.tis_stats.pop(step, {}))
+        self.monitor.discard(step)
         if self.pool is not None:
             metrics.update({f"rollout/{k}": v for k, v in self.pool.stats.items()})
         return self.monitor.report(step, metrics, monitor)
