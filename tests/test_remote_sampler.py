@@ -284,3 +284,24 @@ def test_a_vllm_answer_without_token_ids_is_read_from_its_token_id_strings():
         mixed.close()
     finally:
         s.close()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_pushes_its_adapter_before_sampling(server, tiny_model, lookup_files, tmp_path):
+    """Resume with a remote sampler: the engine has only the base (or stale adapters) — the trainer hot-loads the
+    resumed `latest` as policy-(s-1) before step s samples, so the sampler-vs-learner KL stays at numerics."""
+    from agentrft.rl.trainer import Trainer
+    from agentrft.store import RunStore
+
+    cfg = _config(tiny_model, lookup_files, tmp_path, {"type": "remote", "base_url": server + "/v1",
+                                                       "mismatch_kl_alert": 1e-4})
+    cfg.hyperparameters.save_interval_s = 0
+    run_id = Trainer(cfg, progress=False).run()  # 2 steps
+    cfg.hyperparameters.max_steps = 3
+    assert Trainer(cfg, resume=run_id, progress=False).run() == run_id
+    metrics = {m["step"]: m for m in RunStore(cfg.store_url).step_metrics(run_id, split="train")}
+    assert sorted(metrics) == [1, 2, 3]
+    assert metrics[3]["sampler_mismatch_kl"] < 1e-5 and not metrics[3].get("alerts"), metrics[3]
+    assert {t["checkpoint_id"] for t in RunStore(cfg.store_url).trajectories(run_id, split="train", step=3)} == \
+        {f"{run_id}:policy-2"}
+    assert (tmp_path / run_id / "sync" / f"{run_id}-policy-3").is_dir()

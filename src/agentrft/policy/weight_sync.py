@@ -69,7 +69,12 @@ class LoraSync:
         model.save_pretrained(tmp, safe_serialization=True)
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
-        self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path.resolve())})
+        body = {"lora_name": name, "lora_path": str(path.resolve())}
+        if self._post("/v1/load_lora_adapter", body, loaded_ok=True) == "loaded":
+            # the name is taken on the engine (a resumed run pushing the version it stopped at): the name must mean
+            # these weights, so the old ones go first
+            self._post("/v1/unload_lora_adapter", {"lora_name": name}, missing_ok=True)
+            self._post("/v1/load_lora_adapter", body)
         self.loaded.append(name)
         while len(self.loaded) > self.keep:
             old = self.loaded.popleft()
@@ -79,16 +84,19 @@ class LoraSync:
         self.push_s += time.perf_counter() - t0
         return name
 
-    def _post(self, path: str, body: dict, missing_ok: bool = False) -> None:
+    def _post(self, path: str, body: dict, missing_ok: bool = False, loaded_ok: bool = False) -> str:
         url = self.base_url + path
         try:
             r = self.client.post(url, json=body)
         except httpx.TransportError as e:
             raise WeightSyncError(f"weight sync: {url}: {type(e).__name__}: {e}") from None
         if r.status_code == 404 and missing_ok:
-            return
+            return "missing"
+        if r.status_code == 400 and loaded_ok and "already been loaded" in r.text:  # vLLM's and our wording
+            return "loaded"
         if r.status_code >= 400:
             raise WeightSyncError(f"weight sync: {url}: HTTP {r.status_code}: {r.text[:300]}")
+        return "ok"
 
     def close(self) -> None:
         self.client.close()
