@@ -142,7 +142,7 @@ def test_the_server_refuses_an_offset_without_a_seed(server):
 
 # ---- training with the server as the sampler -------------------------------------------------------------------
 
-def _config(tiny_model: Path, lookup_files: dict, out: Path, sampler: dict | None, lr: float = 1e-2):
+def _config(tiny_model: Path, lookup_files: dict, out: Path, sampler: dict | None, lr: float = 1e-2, **hp):
     from agentrft.config import parse_config
 
     grader = {"type": "text_similarity", "name": "sim", "input": "{{ sample.output_text }}",
@@ -152,7 +152,7 @@ def _config(tiny_model: Path, lookup_files: dict, out: Path, sampler: dict | Non
         "grader": grader, "output_dir": str(out), **({"sampler": sampler} if sampler else {}),
         "hyperparameters": {"max_steps": 2, "batch_size": 2, "group_size": 4, "learning_rate": lr,
                             "max_new_tokens": 16, "max_turns": 2, "max_episode_steps": 2, "seed": 3,
-                            "max_signal_free_steps": 0, "save_interval_s": 1000},
+                            "max_signal_free_steps": 0, "save_interval_s": 1000, **hp},
     })
 
 
@@ -305,3 +305,54 @@ def test_a_resumed_run_pushes_its_adapter_before_sampling(server, tiny_model, lo
     assert {t["checkpoint_id"] for t in RunStore(cfg.store_url).trajectories(run_id, split="train", step=3)} == \
         {f"{run_id}:policy-2"}
     assert (tmp_path / run_id / "sync" / f"{run_id}-policy-3").is_dir()
+
+
+def _start(argv: list[str]) -> tuple[subprocess.Popen, str]:
+    port = int(argv[argv.index("--port") + 1])
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_pushes_whole_weights_through_pause_update_resume(tiny_model, lookup_files, tmp_path):
+    """weight_sync: full against its own `agentrft serve`: each update's weights are loaded between /pause and
+    /resume, the server then answers as the new version, and the learner agrees with what it sampled; the endpoint
+    refuses an update without a pause and a directory without weights, changing nothing."""
+    from agentrft.rl.trainer import Trainer
+    from agentrft.store import RunStore
+
+    proc, url = _start(_serve_argv(tiny_model, _free_port()))
+    try:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        before = c.completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=4, seed=1, logprobs=0)
+        r = httpx.post(url + "/update_weights", json={"path": str(tmp_path)})
+        assert r.status_code == 400 and "POST /pause" in r.json()["error"]["message"]
+        assert httpx.post(url + "/pause").json() == {"is_paused": True}
+        r = httpx.post(url + "/update_weights", json={"path": str(tmp_path)})
+        assert r.status_code == 400 and "no *.safetensors" in r.json()["error"]["message"]
+        assert httpx.post(url + "/resume").json() == {"is_paused": False}
+
+        cfg = _config(tiny_model, lookup_files, tmp_path, {"type": "remote", "base_url": url + "/v1",
+                                                           "weight_sync": "full", "mismatch_kl_alert": 1e-4}, lr=1e-3,
+                      lora=None)
+        run_id = Trainer(cfg, progress=False).run()
+        metrics = {m["step"]: m for m in RunStore(cfg.store_url).step_metrics(run_id, split="train")}
+        assert metrics[1]["trained_trajectories"] > 0
+        assert metrics[2]["sampler_mismatch_kl"] < 1e-5 and not metrics[2].get("alerts"), metrics[2]
+        after = c.completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=4, seed=1, logprobs=0)
+        assert before.system_fingerprint == "base:tiny" and after.system_fingerprint == f"{run_id}:policy-2"
+        assert after.choices[0].logprobs.token_logprobs != before.choices[0].logprobs.token_logprobs
+        assert [p.name for p in (tmp_path / run_id / "sync").iterdir()] == [f"{run_id}-policy-2"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

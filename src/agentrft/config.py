@@ -207,23 +207,17 @@ class SamplerConfig(_Strict):
     seed_mode: Literal["offset", "mixed"] = Field("offset", description="remote: offset = send seed + seed_offset "
                                                   "(agentrft serve: token-identical to the in-process sampler); "
                                                   "mixed = one seed per turn (vLLM, which has no offset)")
-    weight_sync: Literal["lora", "none"] = Field("lora", description="remote: lora = hot-load the adapter after each "
-                                                 "update under a new name; none = never (the server samples its "
-                                                 "weights as loaded: evaluation, or debugging)")
+    weight_sync: Literal["lora", "full", "none"] = Field("lora", description="remote: lora = hot-load the adapter "
+                                                         "after each update under a new name; full = full "
+                                                         "fine-tuning, the whole model via agentrft serve's "
+                                                         "/pause, /update_weights, /resume (not vLLM's); none = "
+                                                         "never (the server samples its weights as loaded)")
     keep_adapters: int = Field(2, ge=1, le=1000, description="remote: adapters left loaded on the server (older "
                                "ones are unloaded)")
     check_mismatch: bool = Field(True, description="remote: per step, recompute the learner's log-probs of the "
                                  "sampled tokens (one extra forward) for the sampler-vs-learner KL monitor")
     mismatch_kl_alert: float = Field(1e-3, gt=0, description="alert (signal sampler_mismatch_kl) when the mean KL "
                                      "between sampler and learner at the sampled tokens exceeds this")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _full_sync(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("weight_sync") == "full":
-            raise ValueError("weight_sync: full (vLLM's pause / update / resume) is not implemented yet; train with "
-                             "LoRA (weight_sync: lora) for a remote sampler")
-        return data
 
     @model_validator(mode="after")
     def _remote_keys(self) -> "SamplerConfig":
@@ -314,6 +308,14 @@ class RunConfig(_Strict):
         if self.rollout.max_staleness and self.sampler.type != "remote":
             raise ValueError("rollout.max_staleness > 0 needs sampler.type: remote (the in-process sampler is the "
                              "learner's own model, which the update changes under it)")
+        if self.sampler.type == "remote":
+            lora = self.hyperparameters.lora is not None
+            if self.sampler.weight_sync == "lora" and not lora:
+                raise ValueError("sampler.weight_sync: lora needs a LoRA learner; full fine-tuning (hyperparameters."
+                                 "lora: null) uses weight_sync: full")
+            if self.sampler.weight_sync == "full" and lora:
+                raise ValueError("sampler.weight_sync: full is for full fine-tuning (hyperparameters.lora: null); a "
+                                 "LoRA learner uses weight_sync: lora")
         if self.rollout.backend == "ray" and self.sampler.type != "remote":
             raise ValueError("rollout.backend: ray needs sampler.type: remote (the actors sample through the engine)")
         if self.rollout.tis_cap is not None and self.hyperparameters.loss != "token":

@@ -12,8 +12,8 @@ body — under a fresh name per version (engines cache adapters by name: reloadi
 (``/v1/unload_lora_adapter``) and their directories removed; ``keep >= 2`` lets requests still in flight on the
 previous version finish (async training).
 
-Full fine-tuning (vLLM's pause / update / resume endpoints) is not implemented yet: the config refuses
-``weight_sync: full`` with a message saying so.
+:class:`FullSync` (full fine-tuning): the whole model is saved and loaded between ``/pause`` and ``/resume`` with
+``agentrft serve``'s ``/update_weights`` (a directory); vLLM's update path (NCCL/IPC transfer) is not driven by it.
 """
 
 from __future__ import annotations
@@ -102,4 +102,47 @@ class LoraSync:
         self.client.close()
 
 
-__all__ = ["LoraSync", "WeightSync", "WeightSyncError", "lora_name"]
+class FullSync:
+    """Full fine-tuning: the whole model is written to ``<sync_dir>/<name>`` (safetensors, atomically) and the engine
+    loads it between ``POST /pause`` and ``POST /resume`` with ``POST /update_weights {"path", "version"}`` — the
+    endpoints ``agentrft serve`` implements (serve/weight_updates.py). The served name does not change (the
+    engine reports ``version`` as its checkpoint). vLLM's ``/update_weights`` takes its NCCL/IPC transfer
+    metadata instead of a directory: this transport does not drive vLLM."""
+
+    def __init__(self, base_url: str, sync_dir: str | Path, *, model: str, api_key: str | None = None,
+                 timeout_s: float = 600.0):
+        self.lora = LoraSync(base_url, sync_dir, api_key=api_key, keep=1, timeout_s=timeout_s)  # its HTTP + dir
+        self.model = model
+        self.last: Path | None = None
+        self.pushes = 0
+        self.push_s = 0.0
+
+    def push(self, model: Any, version: str) -> str:
+        if hasattr(model, "peft_config"):
+            raise WeightSyncError("weight_sync: full needs full fine-tuning (hyperparameters.lora: null); a LoRA "
+                                  "learner uses weight_sync: lora")
+        t0 = time.perf_counter()
+        d = self.lora.dir
+        path, tmp = d / lora_name(version), d / f".{lora_name(version)}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        self.lora._post("/pause", {})
+        try:
+            self.lora._post("/update_weights", {"path": str(path.resolve()), "version": version})
+        finally:
+            self.lora._post("/resume", {})
+        if self.last is not None and self.last != path:
+            shutil.rmtree(self.last, ignore_errors=True)
+        self.last = path
+        self.pushes += 1
+        self.push_s += time.perf_counter() - t0
+        return self.model
+
+    def close(self) -> None:
+        self.lora.close()
+
+
+__all__ = ["FullSync", "LoraSync", "WeightSync", "WeightSyncError", "lora_name"]

@@ -29,7 +29,7 @@ import httpx
 from agentrft.config import RunConfig
 from agentrft.policy.engine_process import EngineProcess
 from agentrft.policy.remote_sampler import RemoteSampler, RemoteSamplerError
-from agentrft.policy.weight_sync import LoraSync, WeightSync
+from agentrft.policy.weight_sync import FullSync, LoraSync, WeightSync
 from agentrft.redact import ENV_REF
 from agentrft.rl.async_safety import AsyncSafetyMonitor
 
@@ -91,8 +91,12 @@ class RemoteTraining:
             sampler = RemoteSampler(sc.base_url, model=model, stop_ids=stop_ids, api_key=api_key,
                                     timeout_s=sc.request_timeout_s, max_concurrency=sc.max_concurrency,
                                     retries=sc.retries, seed_mode=sc.seed_mode)
-            sync = (LoraSync(sc.base_url.rstrip("/").removesuffix("/v1"), run_dir / "sync", api_key=api_key,
-                             keep=sc.keep_adapters) if sc.weight_sync == "lora" else None)
+            root = sc.base_url.rstrip("/").removesuffix("/v1")
+            sync: WeightSync | None = None
+            if sc.weight_sync == "lora":
+                sync = LoraSync(root, run_dir / "sync", api_key=api_key, keep=sc.keep_adapters)
+            elif sc.weight_sync == "full":
+                sync = FullSync(root, run_dir / "sync", model=model, api_key=api_key)
         except BaseException:
             if engine is not None:
                 engine.stop()

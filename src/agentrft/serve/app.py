@@ -639,6 +639,10 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
     from agentrft.serve.deployments import mount_deployments
 
     mount_deployments(app, st, body_as)
+    # ---- full-weight updates for a trainer sampling from this server (serve/weight_updates.py) -------------------
+    from agentrft.serve.weight_updates import mount_weight_updates
+
+    mount_weight_updates(app, st, body_as)
 
     # ---- the dashboard (agentrft ui) over the server's store, behind the server's token -----------------------
     if st.store is not None:

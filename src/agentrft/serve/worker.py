@@ -92,6 +92,7 @@ class Worker:
         self._ops: deque[tuple[Callable[[], Any], Any]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self.paused = False  # POST /pause: no new admissions; in-flight sequences finish (serve/weight_updates.py)
         self.context = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 4096)
         self.sampler = TransformersSampler(model, stop_ids=self.stop_ids, pad_id=self.pad_id)
         self.param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -135,6 +136,11 @@ class Worker:
 
     def idle(self) -> bool:
         return self.queue_depth() == 0 and self.active() == 0
+
+    def set_paused(self, paused: bool) -> None:
+        with self._cond:
+            self.paused = paused
+            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
@@ -218,7 +224,7 @@ class Worker:
         while True:
             with self._cond:
                 while (not self._stopping and not self._queue and not self._ops and self.active() == 0
-                       and not any(self.waiting.values())):
+                       and (self.paused or not any(self.waiting.values()))):
                     self._cond.wait()
                 if self._stopping:
                     break
@@ -259,7 +265,7 @@ class Worker:
             eng.close()
 
     def _tick(self) -> None:
-        for variant in list(self.waiting):
+        for variant in list(self.waiting) if not self.paused else []:
             q = self.waiting[variant]
             while q and q[0].cancelled.is_set():
                 req = q.popleft()
