@@ -52,13 +52,15 @@ def user_errors() -> Iterator[None]:
     from agentrft.config import ConfigError
     from agentrft.data import DatasetError
     from agentrft.graders.base import GraderSpecError
+    from agentrft.policy.remote_sampler import RemoteEngineError  # the remote sampler's engine (docs/gpu.md)
     from agentrft.rl.trainer import TrainingError
     from agentrft.rollout.stack import ModelLoadError
     from agentrft.store import StoreError
 
     try:
         yield
-    except (ConfigError, DatasetError, GraderSpecError, TrainingError, ModelLoadError, StoreError) as e:
+    except (ConfigError, DatasetError, GraderSpecError, TrainingError, ModelLoadError, StoreError,
+            RemoteEngineError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
         raise typer.Exit(2) from None
     except FileNotFoundError as e:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 
+from agentrft.policy.remote_sampler import RemoteEngineError
 
-class EngineStartError(RuntimeError):
+
+class EngineStartError(RemoteEngineError):
     """The engine command exited or did not become healthy in time; the message quotes its log's tail."""
 
 

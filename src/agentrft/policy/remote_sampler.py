@@ -41,7 +41,12 @@ from agentrft.policy.seeding import mixed_seed
 SEED_MODES = ("offset", "mixed")
 
 
-class RemoteSamplerError(RuntimeError):
+class RemoteEngineError(RuntimeError):
+    """A remote engine failed (sampling, weight sync, start): the message names it and what it answered — a user
+    error the CLI prints as such, not a traceback."""
+
+
+class RemoteSamplerError(RemoteEngineError):
     """The server could not sample a turn; the message names the URL and what it answered."""
 
 
@@ -212,4 +217,4 @@ def _error_message(r: httpx.Response) -> str:
         return r.text[:300] or r.reason_phrase
 
 
-__all__ = ["RemoteSampler", "RemoteSamplerError", "SEED_MODES"]
+__all__ = ["RemoteEngineError", "RemoteSampler", "RemoteSamplerError", "SEED_MODES"]

@@ -26,8 +26,10 @@ from typing import Any, Protocol
 
 import httpx
 
+from agentrft.policy.remote_sampler import RemoteEngineError
 
-class WeightSyncError(RuntimeError):
+
+class WeightSyncError(RemoteEngineError):
     """The engine did not take the new weights; the message names the endpoint and its answer."""
 
 
