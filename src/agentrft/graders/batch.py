@@ -43,10 +43,14 @@ def grade_trajectories(
     if missing:
         raise ValueError(f"grade_trajectories: no item for row(s) {missing[:5]}")
 
+    # a groupwise reward grader (group_judge) scores each group (one group_id) in one call, before the rest
+    pre: dict[str, Grade] = _group_grades(todo, items, grader, response_format, workers) \
+        if getattr(grader, "groupwise", False) else {}
+
     def one(t: Trajectory) -> None:
         item = items[t.row_index]
         sample = sample_from_trajectory(t, response_format)
-        g = grader.grade(sample, item, trace_id=t.trace_id)
+        g = pre[t.trace_id] if t.trace_id in pre else grader.grade(sample, item, trace_id=t.trace_id)
         grades = [g]
         for h in holdouts.values():
             hg = h.grade(sample, item, trace_id=t.trace_id)
@@ -75,3 +79,37 @@ def grade_trajectories(
         interrupt_all()
         raise
     ex.shutdown(wait=True)
+
+
+def _group_grades(todo: list[Trajectory], items: Mapping[int, dict[str, Any]], grader: Grader,
+                  response_format: dict[str, Any] | None, workers: int) -> dict[str, Grade]:
+    """``grader.grade_group(samples, item)`` once per group of ``todo`` (by ``group_id``; a trajectory without one
+    is its own group), groups in parallel on ``workers`` threads; a group whose call raises gets ``other_error``
+    grades, like any grader that throws."""
+    import time
+
+    groups: dict[str, list[Trajectory]] = {}
+    for t in todo:
+        groups.setdefault(t.group_id or t.trace_id, []).append(t)
+
+    def run(members: list[Trajectory]) -> list[Grade]:
+        t0 = time.perf_counter()
+        item = items[members[0].row_index]
+        try:
+            grades = list(grader.grade_group([sample_from_trajectory(t, response_format) for t in members], item))
+            if len(grades) != len(members):
+                raise ValueError(f"{len(grades)} grades for a group of {len(members)}")
+        except Exception as e:  # noqa: BLE001 - a grader that throws is a recorded outcome
+            grades = [Grade(grader.name, grader.type, grader.version, 0.0, errors={"other_error": True},
+                            metadata={"error": f"{type(e).__name__}: {e}"}) for _ in members]
+        dt = (time.perf_counter() - t0) / len(members)
+        for g in grades:
+            g.execution_time_s = g.execution_time_s or dt
+        return grades
+
+    out: dict[str, Grade] = {}
+    with cf.ThreadPoolExecutor(max_workers=max(1, min(workers, len(groups) or 1)), thread_name_prefix="grade") as ex:
+        for members, grades in zip(groups.values(), ex.map(run, groups.values())):
+            for t, g in zip(members, grades):
+                out[t.trace_id] = g
+    return out
