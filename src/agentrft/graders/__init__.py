@@ -15,6 +15,7 @@ from agentrft.graders import model_graders as _model_graders  # noqa: F401,E402
 from agentrft.graders import endpoint as _endpoint  # noqa: F401,E402
 from agentrft.graders import trajectory as _trajectory  # noqa: F401,E402
 from agentrft.graders import group_judge as _group_judge  # noqa: F401,E402
+from agentrft.graders import reward_model as _reward_model  # noqa: F401,E402
 
 from agentrft.graders.batch import grade_trajectories, grade_trajectory  # noqa: E402
 from agentrft.graders.model_graders import register_judge  # noqa: E402
