@@ -352,6 +352,7 @@ _register_top_level("agentrft.gate.cli", ("promote", "registry", "regress"))
 _register_top_level("agentrft.serve.cli", ("serve",))
 _register_top_level("agentrft.serve.workers.cli", ("worker",))  # fine-tuning job workers (issue 16)
 _register_top_level("agentrft.ui.cli", ("ui",))
+_register_top_level("agentrft.rl.distill.cli", ("distill", "reward-model"))  # distillation from a teacher endpoint (issue 20)
 
 
 def main() -> None:

@@ -249,6 +249,38 @@ class RolloutConfig(_Strict):
     workers: int = Field(2, ge=1, le=4096, description="ray: rollout actors")
     worker_concurrency: int = Field(16, ge=1, le=4096, description="ray: rollouts one actor runs at once")
     ray_address: str | None = Field(None, description="ray: a cluster to join (default: start a local one)")
+class TeacherConfig(_Strict):
+    """An OpenAI-compatible endpoint whose model is distilled into the student (``agentrft serve`` is one)."""
+
+    base_url: str = Field(pattern=r"^https?://", description="the endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
+    model: str = Field(min_length=1, description="the teacher's model name on that endpoint")
+    api_key_env: str | None = Field(None, description="environment variable holding its API key (the key itself "
+                                    "is never written to the config, store or logs)")
+    timeout_s: float = Field(120.0, gt=0, le=86_400, description="per request")
+    price_prompt_per_million: float | None = Field(None, ge=0, description="price of 1M prompt tokens; with the "
+                                                   "completion price, each trajectory's cost is recorded")
+    price_completion_per_million: float | None = Field(None, ge=0, description="price of 1M completion tokens")
+
+
+class DistillConfig(_Strict):
+    """Distillation from a teacher endpoint (agentrft.rl.distill): ``agentrft distill`` (the teacher as the agent,
+    its passing trajectories as SFT demos) and, with ``on_policy``, on-policy distillation in ``agentrft train``."""
+
+    teacher: TeacherConfig | None = Field(None, description="the teacher endpoint (agentrft distill's --teacher and "
+                                          "--teacher-model override it)")
+    samples_per_row: int = Field(1, ge=1, le=1024, description="teacher rollouts per training row")
+    temperature: float = Field(0.7, ge=0, le=2, description="the teacher's sampling temperature (0 = greedy)")
+    min_reward: float | None = Field(None, description="keep teacher trajectories with at least this reward; null = "
+                                     "those the grader marks passed (reward >= 1 where it sets no pass threshold)")
+    workers: int = Field(8, ge=1, le=1024, description="teacher rollouts in flight at once")
+    sft_epochs: int = Field(3, ge=1, le=1000, description="SFT passes over the kept trajectories")
+    sft_batch_size: int = Field(16, ge=1, le=65_536, description="kept trajectories per SFT step")
+    sft_learning_rate: float = Field(1e-3, gt=0, description="SFT learning rate")
+    on_policy: bool = Field(False, description="train: the student samples, the teacher's log-probs of the student's "
+                            "tokens give a per-token reverse-KL advantage (needs the teacher's tokenizer)")
+    kl_coef: float = Field(1.0, gt=0, description="on_policy: weight of the per-token advantage log p_T - log p_S")
+    reward_coef: float = Field(0.0, ge=0, description="on_policy: weight of the graders' group advantage added to "
+                               "it (0 = pure distillation)")
 
 
 class RunConfig(_Strict):
@@ -272,6 +304,8 @@ class RunConfig(_Strict):
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    distill: DistillConfig | None = Field(None, description="distillation from a teacher endpoint (agentrft distill; "
+                                          "on-policy distillation in train with distill.on_policy)")
     store: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<output_dir>/agentrft.db")
     loggers: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
         default_factory=list, description="metric sinks beside the store (agentrft.loggers); offline by default")
@@ -301,6 +335,8 @@ class RunConfig(_Strict):
     def _check(self) -> "RunConfig":
         if not self.grader.get("type"):
             raise ValueError("grader.type is required")
+        if self.distill is not None and self.distill.on_policy and self.distill.teacher is None:
+            raise ValueError("distill.teacher is required when distill.on_policy is true ({base_url, model})")
         return self
 
     @model_validator(mode="after")

@@ -12,7 +12,16 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from agentrft.config import Hyperparameters, LoraConfig, MonitorConfig, RolloutConfig, RunConfig, SamplerConfig
+from agentrft.config import (
+    DistillConfig,
+    Hyperparameters,
+    LoraConfig,
+    MonitorConfig,
+    RolloutConfig,
+    RunConfig,
+    SamplerConfig,
+    TeacherConfig,
+)
 from agentrft.rl.sft import SFTConfig, SFTHyperparameters
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
@@ -22,6 +31,8 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`monitors`", MonitorConfig, "monitors."),
     ("`sampler` (docs/gpu.md)", SamplerConfig, "sampler."),
     ("`rollout`", RolloutConfig, "rollout."),
+    ("`distill` (`agentrft distill`; on-policy distillation in `train`)", DistillConfig, "distill."),
+    ("`distill.teacher`", TeacherConfig, "distill.teacher."),
     ("SFT config (`agentrft sft --config`)", SFTConfig, ""),
     ("SFT `hyperparameters`", SFTHyperparameters, "hyperparameters."),
 ]

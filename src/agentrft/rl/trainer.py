@@ -206,6 +206,13 @@ class Trainer:
         self._remote = self._remote_training(policy)
         self.stack.attach(policy, model=self.learner.model,  # else: the learner's own (LoRA-wrapped) model
                           sampler=self._remote.sampler if self._remote else None)
+        # on-policy distillation (distill.on_policy): per-token teacher advantages, agentrft.rl.distill.onpolicy
+        from agentrft.rl.distill.onpolicy import build_distiller
+
+        try:
+            self.distiller = build_distiller(self.cfg, self.tokenizer)
+        except Exception as e:  # a teacher key that is not set
+            raise TrainingError(f"distill.teacher: {e}", field="distill") from None
         self.sampler, self.loop = self.stack.sampler, self.stack.loop
         if self._remote and self._remote.pool:  # rollout.backend: ray — the same run() over Ray actors
             self.loop = self._remote.pool
@@ -305,6 +312,8 @@ class Trainer:
             self.router.close()
             if getattr(self, "_remote", None):
                 self._remote.close()
+            if getattr(self, "distiller", None) is not None:
+                self.distiller.close()
             self._writer.shutdown(wait=True)
             self.loggers.close()
         self.store.set_status(self.run_id, "paused" if self.paused else "succeeded")
@@ -407,9 +416,14 @@ class Trainer:
             self._remote.measure(step, trajs, self.learner)  # before the update: lag + sampler-vs-learner KL
         t0 = time.perf_counter()
         upd: dict[str, float] = {}
+        distilled: dict[str, float] = {}
+        if self.distiller is not None:  # on-policy distillation: every rollout trains on the teacher's log-probs
+            trained, advs, distilled = self.distiller.advantages(trajs)
         if trained:
-            base = turn_baselines(trained) if hp.turn_credit_coef else {}
-            advs = {t.trace_id: token_advantages(t, hp.turn_credit_coef, base.get(t.group_id, 0.0)) for t in trained}
+            if self.distiller is None:
+                base = turn_baselines(trained) if hp.turn_credit_coef else {}
+                advs = {t.trace_id: token_advantages(t, hp.turn_credit_coef, base.get(t.group_id, 0.0))
+                        for t in trained}
             if self._remote:  # rollout.tis_cap: decoupled ratio with truncated importance weights
                 trained, advs = self._remote.importance(step, trained, advs)
             order = list(trained)
@@ -437,6 +451,7 @@ class Trainer:
             "epoch": self.cursor.epoch,
         })
         m["train_reward_mean"] = m["reward_mean"]
+        m.update(distilled)
         self.monitor.observe_train(step, m, trajs)
         if self._remote:
             self._remote.report(step, m, self.monitor)

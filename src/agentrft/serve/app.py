@@ -592,7 +592,16 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         gens = [GenRequest(list(p), params, ss[k], target.variant, stop=list(req.stop), top_logprobs=top,
                            seed_offset=req.seed_offset or 0)
                 for p in prompts for k in range(req.n)]
-        await run_or_refund(request, target, gens, reserved)
+        echoed: list[tuple[list[float], list[list[tuple[int, float]]]]] = []
+        if req.echo:  # the prompts' own log-probs (teacher scoring: on-policy distillation), on the worker thread
+            w = target.worker
+            echoed = [await asyncio.to_thread(w.call, lambda p=p: w.prompt_logprobs(target.variant, p, top))
+                      for p in prompts]
+        if mt > 0:
+            await run_or_refund(request, target, gens, reserved)
+        else:
+            for r in gens:
+                r.finish_reason = "length"
         choices = []
         for i, r in enumerate(gens):
             ids, text = output_text(target, r)
@@ -600,6 +609,10 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
             c: dict[str, Any] = {"index": i, "text": text, "finish_reason": fr, "logprobs": None}
             if req.logprobs is not None:
                 c["logprobs"] = _completion_logprobs(target, r)
+            if req.echo:
+                c["text"] = target.tokenizer.decode(r.prompt, skip_special_tokens=False) + text
+                if req.logprobs is not None:
+                    c["logprobs"] = _echo_logprobs(target, r.prompt, echoed[i], c["logprobs"], top)
             if req.return_token_ids:
                 c["prompt_token_ids"] = r.prompt
                 c["token_ids"] = r.ids
@@ -736,6 +749,26 @@ def _chat_logprobs(target: Target, ids: list[int], r: GenRequest, start: int = 0
         e["top_logprobs"] = [_token_entry(tok, t, lp) for t, lp in (r.top[k] if k < len(r.top) else [])]
         content.append(e)
     return {"content": content}
+
+
+def _echo_logprobs(target: Target, prompt: list[int], scored: tuple[list[float], list[list[tuple[int, float]]]],
+                   sampled: dict[str, Any], top: int) -> dict[str, Any]:
+    """The legacy completions ``logprobs`` with the prompt first (``echo``): the first prompt token has no log-prob
+    (``null``, as OpenAI and vLLM answer), every later one ``log p(token | the tokens before it)``."""
+    tok = target.tokenizer
+    lps, tops = scored
+    tokens = [tok.decode([t], skip_special_tokens=False) for t in prompt]
+    offsets, at = [], 0
+    for s in tokens + sampled["tokens"]:
+        offsets.append(at)
+        at += len(s)
+    out: dict[str, Any] = {"tokens": tokens + sampled["tokens"],
+                           "token_logprobs": [None, *lps] + sampled["token_logprobs"], "text_offset": offsets,
+                           "top_logprobs": None}
+    if top:
+        prompt_top = [None] + [{tok.decode([t], skip_special_tokens=False): lp for t, lp in row} for row in tops]
+        out["top_logprobs"] = prompt_top + (sampled["top_logprobs"] or [])
+    return out
 
 
 def _completion_logprobs(target: Target, r: GenRequest) -> dict[str, Any]:

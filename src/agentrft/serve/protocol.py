@@ -160,9 +160,9 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0 only with echo: the prompt's log-probs, nothing sampled
     logprobs: int | None = Field(None, ge=0, le=20)
-    echo: bool = False
+    echo: bool = False  # the prompt comes back before the completion, with its tokens' log-probs (first: null)
     suffix: str | None = None
     best_of: int | None = None
     return_token_ids: bool = False  # vLLM's extension: prompt_token_ids and token_ids in each choice
@@ -172,8 +172,11 @@ class CompletionRequest(_Sampling):
 
     @model_validator(mode="after")
     def _check(self) -> "CompletionRequest":
-        if self.echo:
-            raise ValueError("echo is not supported by this server")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens=0 samples nothing: it is only allowed with echo=true (the prompt's "
+                             "log-probs)")
+        if self.echo and self.n != 1:
+            raise ValueError("echo is supported with n=1 only by this server")
         if self.suffix:
             raise ValueError("suffix is not supported by this server")
         if self.best_of not in (None, 1, self.n):

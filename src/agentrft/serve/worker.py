@@ -350,6 +350,24 @@ class Worker:
         return True
 
     @torch.no_grad()
+    def prompt_logprobs(self, variant: str, prompt: list[int], top: int = 0
+                        ) -> tuple[list[float], list[list[tuple[int, float]]]]:
+        """Teacher-forced log-probs of ``prompt[1:]`` under ``variant``'s weights (T = 1, untempered, as OpenAI and
+        vLLM report prompt log-probs): ``log p(prompt[k] | prompt[:k])`` for k ≥ 1, and the ``top`` most likely
+        tokens at each of those positions. Call it on the worker thread (:meth:`call`): it runs the model."""
+        if len(prompt) < 2:
+            return [], []
+        model = self._activate(variant)
+        ids = torch.tensor([prompt], dtype=torch.long)
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        chosen = lp.gather(-1, torch.tensor(prompt[1:], dtype=torch.long)[:, None])[:, 0].tolist()
+        tops: list[list[tuple[int, float]]] = []
+        if top:
+            v, i = lp.topk(min(top, lp.shape[-1]), dim=-1)
+            tops = [list(zip(ii.tolist(), vv.tolist())) for ii, vv in zip(i, v)]
+        return chosen, tops
+
+    @torch.no_grad()
     def _top_logprobs(self, variant: str, req: GenRequest) -> list[list[tuple[int, float]]]:
         """The ``top_logprobs`` most likely tokens at each sampled position, teacher-forced over prompt + output
         (the engine keeps only the sampled token's log-prob)."""

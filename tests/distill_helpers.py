@@ -1,0 +1,125 @@
+"""A teacher for the distillation tests: the conftest's untrained tiny model fine-tuned until greedy decoding
+reproduces the correct, shortest solutions of a few lookup rows (it has memorised them: on those rows it is an
+expert teacher), and a helper that runs ``agentrft serve`` on it as a real subprocess on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import torch
+
+import lookup_task
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def teacher_rows(n: int = 4, seed: int = 7) -> list[dict]:
+    rng = random.Random(seed)
+    return [lookup_task.make_row(rng, two_keys=False) for _ in range(n)]
+
+
+def write_rows(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def build_teacher(tiny_model: Path, out: Path, rows: list[dict], steps: int = 600) -> Path:
+    """Copy ``tiny_model`` to ``out`` and fine-tune it on the rows' correct one-call solutions."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentrft.rollout.render import ChatRenderer
+
+    if (out / "done").exists():
+        return out
+    shutil.copytree(tiny_model, out, dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    r = ChatRenderer(tok)
+    rng = random.Random(0)
+    seqs = [r.render_demo(lookup_task.make_demo(row, rng, 0.0, 0.0)["messages"], row["tools"]) for row in rows]
+    L = max(len(i) for i, _ in seqs)
+    pad = tok.pad_token_id
+    ids = torch.tensor([i + [pad] * (L - len(i)) for i, _ in seqs])
+    labels = torch.tensor([[x if m else -100 for x, m in zip(i, k)] + [-100] * (L - len(i)) for i, k in seqs])
+    attn = torch.tensor([[1] * len(i) + [0] * (L - len(i)) for i, _ in seqs])
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in range(steps):
+            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if loss.item() < 0.002:
+                break
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.save_pretrained(out)
+    (out / "done").write_text(f"{step} {loss.item():.4f}")
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(model: Path, store: Path, slots: int = 4) -> Iterator[str]:
+    """``agentrft serve --model MODEL`` as a subprocess on a free loopback port; yields its ``/v1`` base URL."""
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("AGENTRFT_TOKEN", None)
+    env["OMP_NUM_THREADS"] = "1"  # see one_thread()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentrft.cli", "serve", "--model", str(model), "--port", str(port), "--slots",
+         str(slots), "--store", f"sqlite:///{store}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read()  # type: ignore[union-attr]
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        yield url + "/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the duration: on a shared 2-core machine two OpenMP threads wait at barriers for a
+    descheduled partner (measured many times slower for these tiny models; see benchmarks/harness.py)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
