@@ -53,6 +53,10 @@ def main() -> int:
                          "fresh tiny model pre-trained on scripted transcripts of other rows, never on this task's "
                          "demos or RL)")
     ap.add_argument("--slots", type=int, default=16)
+    ap.add_argument("--on-policy-steps", type=int, default=0,
+                    help="then this many steps of on-policy distillation from the distilled student (the teacher "
+                         "must share its tokenizer), evaluated at the end")
+    ap.add_argument("--on-policy-lr", type=float, default=5e-4)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -133,6 +137,30 @@ def main() -> int:
         res = run_distill(cfg, teacher_url=base_url, teacher_model=teacher_dir.name, max_rows=args.rows,
                           say=lambda s: print(s, flush=True))
         phases["distill_total"] = time.perf_counter() - t
+        if args.on_policy_steps and res.student_dir is not None:
+            from agentrft.rl.trainer import Trainer
+            from agentrft.store import RunStore
+
+            t = time.perf_counter()
+            op = dict(cfg_data, model=str(res.student_dir), name="bench-distill-on-policy")
+            op["hyperparameters"] = {**hp, "max_steps": args.on_policy_steps, "eval_interval": args.on_policy_steps,
+                                     "learning_rate": args.on_policy_lr, "max_signal_free_steps": 0, "lora": None}
+            op["distill"] = {**cfg_data["distill"], "on_policy": True,
+                             "teacher": {"base_url": base_url, "model": teacher_dir.name}}
+            (out / "on_policy.yaml").write_text(yaml.safe_dump(op, sort_keys=False))
+            ocfg = load_config(out / "on_policy.yaml")
+            rid = Trainer(ocfg, progress=False).run()
+            phases["on_policy"] = time.perf_counter() - t
+            st = RunStore(ocfg.store_url)
+            tr = st.step_metrics(rid, split="train")
+            va = st.step_metrics(rid, split="valid")
+            result["on_policy"] = {
+                "run_id": rid, "steps": args.on_policy_steps, "learning_rate": args.on_policy_lr,
+                "reverse_kl_first": tr[0].get("distill/reverse_kl"), "reverse_kl_last": tr[-1].get("distill/reverse_kl"),
+                "valid_reward_start": va[0]["reward_mean"], "valid_reward_end": va[-1]["reward_mean"],
+                "valid_pass_end": va[-1]["pass_rate"],
+                "ratio_end": va[-1]["reward_mean"] / tm["reward_mean"] if tm["reward_mean"] else None}
+            print(f"on-policy: {result['on_policy']}", flush=True)
     load.append(os.getloadavg()[0])
     phases["teacher_rollouts"] = res.teacher["time/teacher"]
     phases["student_sft"] = res.sft.get("wall_s", 0.0)
@@ -146,8 +174,8 @@ def main() -> int:
         "command": " ".join(["python", "benchmarks/levers/bench_distill.py", *sys.argv[1:]]),
     })
     (out / "bench_distill.json").write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps({k: result[k] for k in ("teacher_valid", "student_valid", "ratio", "teacher_tokens",
-                                             "phases_s", "load_avg_1m")}, default=str))
+    print(json.dumps({k: result.get(k) for k in ("teacher_valid", "student_valid", "ratio", "teacher_tokens",
+                                                 "on_policy", "phases_s", "load_avg_1m")}, default=str))
     return 0
 
 
