@@ -88,15 +88,19 @@ def served(model: Path, store: Path, slots: int = 4) -> Iterator[str]:
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("AGENTRFT_TOKEN", None)
     env["OMP_NUM_THREADS"] = "1"  # see one_thread()
+    # the server's output goes to a file, not a pipe: nobody reads a pipe while it serves, and once its 64 KB
+    # buffer filled the server blocked on a log write (seen after ~900 requests)
+    log_path = Path(str(store) + ".log")
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentrft.cli", "serve", "--model", str(model), "--port", str(port), "--slots",
          str(slots), "--store", f"sqlite:///{store}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
         while True:
-            assert proc.poll() is None, proc.stdout.read()  # type: ignore[union-attr]
+            assert proc.poll() is None, log_path.read_text()
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
@@ -111,6 +115,7 @@ def served(model: Path, store: Path, slots: int = 4) -> Iterator[str]:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 @contextlib.contextmanager
