@@ -119,6 +119,22 @@ def served(model: Path, store: Path, slots: int = 4) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def served_in_process(model: Path, store: Path, slots: int = 4) -> Iterator[str]:
+    """The same server in this process (uvicorn on a thread, loopback): for the default suite, where a serve
+    subprocess per test is too heavy. The request log is flushed to ``store`` on exit."""
+    from agentrft.serve.app import create_app
+    from agentrft.serve.config import ServeConfig
+    from agentrft.serve.server import BackgroundServer
+
+    app = create_app(ServeConfig(model=str(model), store=f"sqlite:///{store}", token=None, slots=slots))
+    try:
+        with BackgroundServer(app) as srv:
+            yield srv.url
+    finally:
+        app.state.serve.close()
+
+
+@contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """torch on one thread for the duration: on a shared 2-core machine two OpenMP threads wait at barriers for a
     descheduled partner (measured many times slower for these tiny models; see benchmarks/harness.py)."""

@@ -1,4 +1,5 @@
-"""``agentrft distill``: a real ``agentrft serve`` subprocess on loopback is the teacher (a tiny model that has
+"""``agentrft distill``: a real ``agentrft serve`` on loopback (a subprocess in the slow variant, uvicorn on a thread
+in the default suite) is the teacher (a tiny model that has
 memorised the correct solutions of four lookup rows), the real lookup tool runs its calls, the real grader keeps the
 passing trajectories, the store records them with the server's billed tokens, and the untrained student learns them
 by SFT until it solves the rows itself."""
@@ -44,14 +45,20 @@ def teacher(tiny_model, tmp_path_factory):
     return model, rows
 
 
-def test_distill_from_a_served_teacher_warm_starts_the_student(teacher, tiny_model, tmp_path):
+@pytest.mark.parametrize("server", [
+    "in_process",
+    # the brief's setting: `agentrft serve` as a subprocess (heavy: a second process loading the model)
+    pytest.param("subprocess", marks=pytest.mark.slow),
+])
+def test_distill_from_a_served_teacher_warm_starts_the_student(server, teacher, tiny_model, tmp_path):
     from agentrft.cli import app
     from agentrft.store import RunStore
 
     model, rows = teacher
     rows_file = dh.write_rows(rows, tmp_path / "train.jsonl")
     cfg = _config(tmp_path, tiny_model, rows_file)
-    with dh.served(model, tmp_path / "teacher-store.db") as base_url:
+    serve = dh.served if server == "subprocess" else dh.served_in_process
+    with serve(model, tmp_path / "teacher-store.db") as base_url:
         res = CliRunner().invoke(app, ["distill", "--config", str(cfg), "--teacher", base_url, "--teacher-model",
                                        model.name, "--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -112,7 +119,7 @@ def test_nothing_passed_is_an_error_naming_the_run(teacher, tiny_model, tmp_path
     _, rows = teacher
     rows_file = dh.write_rows(rows[:2], tmp_path / "train.jsonl")
     cfg = _config(tmp_path, tiny_model, rows_file)
-    with dh.served(tiny_model, tmp_path / "teacher-store.db", slots=2) as base_url:
+    with dh.served_in_process(tiny_model, tmp_path / "teacher-store.db", slots=2) as base_url:
         res = CliRunner().invoke(app, ["distill", "--config", str(cfg), "--teacher", base_url, "--teacher-model",
                                        tiny_model.name])
     assert res.exit_code == 2
