@@ -158,3 +158,25 @@ def test_on_policy_distillation_moves_the_student_toward_the_teacher(server, tea
     # measured: 0.60 → 0.36 (means of the first and last four steps); at learning_rate 3e-3 the first Adam step
     # threw the warm-started student off (0.67 → 2.0) and it had not recovered by step 12
     assert sum(kl[-4:]) / 4 < 0.75 * sum(kl[:4]) / 4, kl
+
+
+def test_a_teacher_that_stops_answering_fails_the_run_naming_the_field(tiny_model, tmp_path):
+    """Nothing listens at the teacher's URL: the first step's scoring fails after retries and the run stops with a
+    TrainingError naming distill.teacher (recorded as failed), not a traceback from deep inside the step."""
+    from agentrft.config import parse_config
+    from agentrft.rl.trainer import TrainingError, train
+    from agentrft.store import RunStore
+
+    rows_file = dh.write_rows(dh.teacher_rows(1), tmp_path / "train.jsonl")
+    cfg = parse_config({
+        "model": str(tiny_model), "training_file": str(rows_file), "tools": ["lookup_task:lookup"],
+        "grader": lookup_task.GRADER, "output_dir": str(tmp_path / "runs"),
+        "hyperparameters": {"max_steps": 1, "batch_size": 1, "group_size": 2, "lora": None, "max_new_tokens": 8,
+                            "max_turns": 1, "max_context_tokens": 512},
+        "distill": {"on_policy": True, "teacher": {"base_url": f"http://127.0.0.1:{dh.free_port()}/v1",
+                                                   "model": "t"}},
+    })
+    with pytest.raises(TrainingError, match=r"distill.teacher: teacher .* unreachable after 3 retries") as e:
+        train(cfg, progress=False)
+    assert e.value.field == "distill"
+    assert RunStore(cfg.store_url).list_runs()[0]["status"] == "failed"

@@ -418,7 +418,12 @@ class Trainer:
         upd: dict[str, float] = {}
         distilled: dict[str, float] = {}
         if self.distiller is not None:  # on-policy distillation: every rollout trains on the teacher's log-probs
-            trained, advs, distilled = self.distiller.advantages(trajs)
+            from agentrft.rl.distill.teacher import TeacherError
+
+            try:
+                trained, advs, distilled = self.distiller.advantages(trajs)
+            except TeacherError as e:  # the teacher stopped answering, or its tokenizer is not the student's
+                raise TrainingError(f"distill.teacher: {e}", field="distill") from None
         if trained:
             if self.distiller is None:
                 base = turn_baselines(trained) if hp.turn_credit_coef else {}
