@@ -1,4 +1,4 @@
-"""Reward model: trajectories of the lookup task recorded in a real SQLite store with the real shaped grader's scores;
+"""Reward model: trajectories of the lookup task recorded in a real store (SQLite file and PostgreSQL) with the real shaped grader's scores;
 ``agentrft reward-model train`` fits a scoring head on the tiny base; the held-out rank correlation is reported and
 checked; the ``reward_model`` grader scores new trajectories in the order the grader would, with holdout graders
 recorded beside it."""
@@ -58,16 +58,39 @@ def explorer_data(n_rows: int, seed: int):
     return rows, trajs
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_url(request, tmp_path_factory):
+    """A real SQLite file, or a fresh schema in the real PostgreSQL at 127.0.0.1:5432 (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('rm') / 'store.db'}"
+        return
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        conn = psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", autocommit=True,
+                               connect_timeout=3)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
+    schema = f"agentrft_rm_{uuid.uuid4().hex[:10]}"
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    finally:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.close()
+
+
 @pytest.fixture(scope="module")
-def store_run(tmp_path_factory):
+def store_run(store_url):
     from agentrft.store import RunStore
 
-    path = tmp_path_factory.mktemp("rm") / "store.db"
-    store = RunStore(f"sqlite:///{path}")
+    store = RunStore(store_url)
     run_id = store.create_run("explorer", {"note": "hand-built explorer trajectories"})
     rows, trajs = explorer_data(24, seed=3)
     store.record_step(run_id, 1, "train", {}, trajs)
-    return store, run_id, f"sqlite:///{path}"
+    yield store, run_id, store_url
+    store.close()
 
 
 def test_train_validate_and_grade(store_run, tiny_model, tmp_path):
