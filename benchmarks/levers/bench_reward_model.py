@@ -30,6 +30,10 @@ def main() -> int:
     ap.add_argument("--base", type=Path, default=None, help="default: the quickstart's pre-trained base model")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_reward_model")
     ap.add_argument("--max-tokens", type=int, default=384)
+    ap.add_argument("--rl-steps", type=int, default=0,
+                    help="then RFT from the quickstart's SFT model for this many steps with the reward model as the "
+                         "reward and the environment's grader as a holdout (recorded, never the reward), against the "
+                         "quickstart's own run (same start, seed and settings) at the same steps")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -69,6 +73,29 @@ def main() -> int:
         "n": len(valid), "spearman": spearman(scores, rewards), "pairwise_accuracy": agree / total if total else None,
         "pairs": total}, "base": base, "train_s": t_train, "score_s_per_traj": t_score / max(1, len(valid)),
         "load_avg_1m": load, "command": " ".join(["python", "benchmarks/levers/bench_reward_model.py", *sys.argv[1:]])}
+    if args.rl_steps:
+        import yaml
+
+        from agentrft.config import load_config
+        from agentrft.rl.trainer import Trainer
+
+        raw = yaml.safe_load((qs / "config.yaml").read_text())
+        true = dict(raw["grader"], name="true_reward")
+        rl = dict(raw, name="bench-reward-model-rl", output_dir=str(args.out.resolve() / "runs"),
+                  grader={"type": "reward_model", "name": "rm", "path": str(args.out.resolve())},
+                  holdout_graders={**raw.get("holdout_graders", {}), "true_reward": true})
+        rl["hyperparameters"] = {**raw["hyperparameters"], "max_steps": args.rl_steps}
+        (args.out / "rl.yaml").write_text(yaml.safe_dump(rl, sort_keys=False))
+        t0 = time.perf_counter()
+        rid = Trainer(load_config(args.out / "rl.yaml"), progress=False).run()
+        rl_store = RunStore(f"sqlite:///{args.out.resolve() / 'runs' / 'agentrft.db'}")
+        mine = {m["step"]: m for m in rl_store.step_metrics(rid, split="valid")}
+        base_run = {m["step"]: m for m in store.step_metrics(s["run_id"], split="valid")}
+        result["rl"] = {"run_id": rid, "steps": args.rl_steps, "wall_s": time.perf_counter() - t0,
+                        "by_step": [{"step": k, "true_reward_with_rm": mine[k].get("grader/true_reward"),
+                                     "rm_reward": mine[k]["reward_mean"],
+                                     "true_reward_with_grader": base_run.get(k, {}).get("reward_mean")}
+                                    for k in sorted(mine)]}
     (args.out / "bench_reward_model.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
