@@ -54,6 +54,32 @@ class LoraConfig(_Strict):
     target_modules: list[str] | str = Field("all-linear", description="modules that get adapters (peft syntax)")
 
 
+class GigpoConfig(_Strict):
+    """Step-level credit (GiGPO): turns of one task's group that act from the same state are compared by their
+    discounted return (agentrft.rl.step_credit)."""
+
+    step_coef: float = Field(1.0, ge=0, description="weight ω of the step advantage added to the episode advantage")
+    gamma: float = Field(0.95, gt=0, le=1, description="discount γ: a turn's return is γ^(turns after it) × reward")
+    state: Literal["last", "history"] = Field("last", description="what makes two turns' states equal: the "
+                                              "previous turn's tool calls and observations (last) or every "
+                                              "earlier turn's (history)")
+    normalize: Literal["std", "none"] = Field("std", description="divide step advantages by the step group's "
+                                              "standard deviation (std) or only subtract its mean (none)")
+
+
+class SegmentDpoConfig(_Strict):
+    """Preference pairs from a group's trajectories that share a prefix and diverge at a turn
+    (agentrft.rl.segment_dpo)."""
+
+    beta: float = Field(0.1, gt=0, description="DPO temperature β")
+    mix_coef: float = Field(1.0, gt=0, description="loss: mixed — weight λ of the DPO term beside the GRPO term")
+    min_reward_gap: float = Field(0.1, gt=0, description="a pair needs chosen reward − rejected reward ≥ this")
+    max_pairs_per_group: int = Field(8, ge=1, le=1_000_000, description="pairs kept per group: the longest shared "
+                                     "prefix first, then the largest reward gap")
+    segment_turns: int | None = Field(None, ge=1, le=100_000, description="turns in a segment from the divergence "
+                                      "turn on (null: to the end of the trajectory)")
+
+
 class Hyperparameters(_Strict):
     n_epochs: int = Field(1, ge=1, le=50, description="passes over the training rows (unless max_steps)")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="stop after this many steps (overrides n_epochs)")
@@ -75,10 +101,17 @@ class Hyperparameters(_Strict):
     temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts (the learner uses it too)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     eval_temperature: float | None = Field(None, gt=0, description="defaults to temperature")
-    advantage: str = Field("grpo", pattern=r"^(grpo|dr_grpo|rloo|[\w.]+:\w+)$",
-                           description="grpo | dr_grpo | rloo | module:function (agentrft.rl.advantages)")
-    loss: str = Field("token", pattern=r"^(token|sequence|[\w.]+:\w+)$",
-                      description="token | sequence | module:function returning a PolicyLoss (agentrft.rl.loss)")
+    advantage: str = Field("grpo", pattern=r"^(grpo|dr_grpo|rloo|gigpo|[\w.]+:\w+)$",
+                           description="grpo | dr_grpo | rloo | gigpo (grpo plus step-level credit, see gigpo) | "
+                           "module:function (agentrft.rl.advantages)")
+    gigpo: GigpoConfig = Field(default_factory=lambda: GigpoConfig(), description="step-level credit when "
+                               "advantage: gigpo (agentrft.rl.step_credit)")
+    loss: str = Field("token", pattern=r"^(token|sequence|segment_dpo|mixed|[\w.]+:\w+)$",
+                      description="token | sequence | segment_dpo | mixed (token GRPO plus segment DPO, see "
+                      "segment_dpo) | module:function returning a PolicyLoss (agentrft.rl.loss)")
+    segment_dpo: SegmentDpoConfig = Field(default_factory=lambda: SegmentDpoConfig(), description="preference "
+                                          "pairs over diverging segments when loss: segment_dpo | mixed "
+                                          "(agentrft.rl.segment_dpo)")
     clip_eps_low: float = Field(0.2, ge=0, description="ratio clip below 1 (1 - eps_low)")
     clip_eps_high: float = Field(0.28, ge=0, description="ratio clip above 1 (1 + eps_high; DAPO's clip-higher)")
     kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the reference (LoRA: adapter off)")
@@ -281,6 +314,28 @@ class DistillConfig(_Strict):
     kl_coef: float = Field(1.0, gt=0, description="on_policy: weight of the per-token advantage log p_T - log p_S")
     reward_coef: float = Field(0.0, ge=0, description="on_policy: weight of the graders' group advantage added to "
                                "it (0 = pure distillation)")
+class CurriculumConfig(_Strict):
+    """Which training rows a step samples (agentrft.rl.curriculum). Off: the shuffled epoch order."""
+
+    enabled: bool = Field(False, description="sample rows by their headroom instead of the epoch order")
+    window: int = Field(4, ge=1, le=10_000, description="recent groups per row behind its pass rate and variance")
+    retire_after: int = Field(2, ge=1, le=10_000, description="a row whose last this many groups all passed "
+                              "(solved) or all failed (unsolved) leaves the pool")
+    recheck_every: int = Field(10, ge=1, le=10_000_000, description="steps a retired row stays out before it comes "
+                               "back for one check group")
+    min_weight: float = Field(0.05, ge=0, le=1, description="sampling weight of an active row with no measured "
+                              "headroom (an unseen row weighs 1)")
+    weakness_key: str | None = Field(None, description="a row field (e.g. task) whose values group rows; rows whose "
+                                     "value fails more at the last eval are over-sampled")
+    weakness_weight: float = Field(1.0, ge=0, description="a row's weight × (1 + this × its group's eval fail rate)")
+
+
+class DynamicSamplingConfig(_Strict):
+    """DAPO-style dynamic sampling: zero-variance groups (no signal) are replaced by groups of new rows."""
+
+    enabled: bool = Field(False, description="replace zero-variance groups within max_extra_groups")
+    max_extra_groups: int = Field(8, ge=1, le=100_000, description="extra groups rolled out per step at most")
+    max_rounds: int = Field(2, ge=1, le=100, description="refill rounds per step at most")
 
 
 class RunConfig(_Strict):
@@ -301,6 +356,8 @@ class RunConfig(_Strict):
     response_format: dict[str, Any] | None = Field(None, description="OpenAI response_format; graders then see "
                                                    "sample.output_json")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -341,6 +398,9 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _async_needs_remote(self) -> "RunConfig":
+        if self.rollout.max_staleness and (self.curriculum.enabled or self.dynamic_sampling.enabled):
+            raise ValueError("rollout.max_staleness > 0 cannot be combined with curriculum / dynamic_sampling (the "
+                             "async producer takes rows in epoch order, ahead of the pool's updates)")
         if self.rollout.max_staleness and self.sampler.type != "remote":
             raise ValueError("rollout.max_staleness > 0 needs sampler.type: remote (the in-process sampler is the "
                              "learner's own model, which the update changes under it)")

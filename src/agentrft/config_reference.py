@@ -13,13 +13,17 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from agentrft.config import (
+    CurriculumConfig,
     DistillConfig,
+    DynamicSamplingConfig,
+    GigpoConfig,
     Hyperparameters,
     LoraConfig,
     MonitorConfig,
     RolloutConfig,
     RunConfig,
     SamplerConfig,
+    SegmentDpoConfig,
     TeacherConfig,
 )
 from agentrft.rl.sft import SFTConfig, SFTHyperparameters
@@ -28,7 +32,12 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Run config (`agentrft train`, `eval`, `check`, `compare`, `validate`)", RunConfig, ""),
     ("`hyperparameters`", Hyperparameters, "hyperparameters."),
     ("`hyperparameters.lora` (null for full fine-tuning)", LoraConfig, "hyperparameters.lora."),
+    ("`hyperparameters.gigpo` (with advantage: gigpo)", GigpoConfig, "hyperparameters.gigpo."),
+    ("`hyperparameters.segment_dpo` (with loss: segment_dpo | mixed)", SegmentDpoConfig,
+     "hyperparameters.segment_dpo."),
     ("`monitors`", MonitorConfig, "monitors."),
+    ("`curriculum`", CurriculumConfig, "curriculum."),
+    ("`dynamic_sampling`", DynamicSamplingConfig, "dynamic_sampling."),
     ("`sampler` (docs/gpu.md)", SamplerConfig, "sampler."),
     ("`rollout`", RolloutConfig, "rollout."),
     ("`distill` (`agentrft distill`; on-policy distillation in `train`)", DistillConfig, "distill."),
@@ -88,7 +97,8 @@ def defaults_yaml(kind: str = "train") -> str:
         data = {"model": "<HF id or model directory>", "training_file": "<train.jsonl>", "validation_file": None,
                 "environment": None, "tools": [], "grader": "<grader JSON object or a .json path>",
                 "holdout_graders": {}, "monitors": MonitorConfig().model_dump(), "response_format": None,
-                "hyperparameters": Hyperparameters().model_dump(), "approval": {"policy": "allow"},
+                "hyperparameters": Hyperparameters().model_dump(), "curriculum": CurriculumConfig().model_dump(),
+                "dynamic_sampling": DynamicSamplingConfig().model_dump(), "approval": {"policy": "allow"},
                 "sampler": SamplerConfig().model_dump(exclude_none=True), "rollout": RolloutConfig().model_dump(),
                 "store": None, "output_dir": "runs"}
     return yaml.safe_dump(data, sort_keys=False)

@@ -6,8 +6,9 @@ mean r̄ and standard deviation σ over the group:
 * ``grpo``    A_i = (r_i − r̄) / (σ + ε)                                  (Shao et al., DeepSeekMath)
 * ``dr_grpo`` A_i = r_i − r̄                     no std division: avoids up-weighting near-uniform groups
 * ``rloo``    A_i = r_i − (Σ_{j≠i} r_j) / (G − 1) = G/(G−1) · (r_i − r̄)   leave-one-out baseline
+* ``gigpo``   the ``grpo`` episode advantage, plus step-level credit per turn (:mod:`agentrft.rl.step_credit`)
 
-A group whose rewards are all equal (σ = 0) carries no learning signal under any of the three; it is counted
+A group whose rewards are all equal (σ = 0) carries no learning signal under any of them; it is counted
 (``zero_variance``) and skipped rather than trained on with zero advantages.
 
 An estimator of your own: ``hyperparameters.advantage: module:function`` with the signature of the three
@@ -45,7 +46,9 @@ def _rloo(rewards: list[float]) -> list[float]:
     return [r - (total - r) / (g - 1) for r in rewards]
 
 
-ESTIMATORS: dict[str, Callable[[list[float]], list[float]]] = {"grpo": _grpo, "dr_grpo": _dr_grpo, "rloo": _rloo}
+# gigpo: the episode advantage is grpo's; the step-level part is added per turn (agentrft.rl.step_credit)
+ESTIMATORS: dict[str, Callable[[list[float]], list[float]]] = {"grpo": _grpo, "dr_grpo": _dr_grpo, "rloo": _rloo,
+                                                               "gigpo": _grpo}
 
 
 def estimator(kind: str) -> Callable[[list[float]], list[float]]:

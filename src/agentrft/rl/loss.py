@@ -21,7 +21,8 @@ KL to the reference (k3 estimator, unbiased and ≥ 0):  k_t = exp(ℓʳ_t − �
 accumulation over micro-batches gives exactly the gradient of the full-batch loss.
 
 The learner minimises whatever :class:`~agentrft.policy.learner.PolicyLoss` it is handed; ``hyperparameters.loss``
-picks one here by name (``token``, ``sequence``) or names a factory of your own as ``module:function`` taking the
+picks one here by name (``token``, ``sequence``; ``segment_dpo`` and ``mixed`` are the token loss over
+advantages that carry segment preferences, :mod:`agentrft.rl.segment_dpo`) or names a factory of your own as ``module:function`` taking the
 hyperparameters and returning a PolicyLoss (docs/extending.md).
 """
 
@@ -107,6 +108,10 @@ class ClippedPolicyLoss:
 LOSSES: dict[str, Callable[[Any], Any]] = {
     "token": lambda hp: ClippedPolicyLoss(hp.clip_eps_low, hp.clip_eps_high, "token"),
     "sequence": lambda hp: ClippedPolicyLoss(hp.clip_eps_low, hp.clip_eps_high, "sequence"),
+    # segment DPO (alone or mixed with GRPO) is the token-level surrogate over advantages that carry the pairs'
+    # preferences: its gradient at the sampling point is the DPO gradient (agentrft.rl.segment_dpo)
+    "segment_dpo": lambda hp: ClippedPolicyLoss(hp.clip_eps_low, hp.clip_eps_high, "token"),
+    "mixed": lambda hp: ClippedPolicyLoss(hp.clip_eps_low, hp.clip_eps_high, "token"),
 }
 
 

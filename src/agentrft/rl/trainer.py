@@ -43,15 +43,12 @@ from agentrft.graders.batch import grade_trajectories
 from agentrft.heap import long_lived_objects_frozen
 from agentrft.policy.checkpoint_io import recover as recover_checkpoint
 from agentrft.policy.learner import Learner
-from agentrft.rl.advantages import (
-    assign_advantages,
-    estimator,
-    token_advantages,
-    turn_baselines,
-)
+from agentrft.rl.advantages import assign_advantages, estimator
 from agentrft.redact import redact_config
 from agentrft.rl.loss import build_loss
 from agentrft.rl.run_lifecycle import Heartbeat, abort_start, set_status_quietly
+from agentrft.rl.sampling_levers import SamplingLevers
+from agentrft.rl.step_advantages import step_token_advantages
 from agentrft.rl.signal import SignalWatch, budget_message, prompts_over_budget
 from agentrft.rollout.agent import RolloutTask
 from agentrft.rollout.stack import ModelLoadError, RolloutStack, load_policy
@@ -137,6 +134,10 @@ class Trainer:
             self.valid_rows = self.valid_rows[: hp.eval_rows]  # the same rows at every eval: paired
         if not self.train_rows:
             raise TrainingError(f"{train_path}: no training rows")
+        try:  # curriculum and dynamic sampling (agentrft.rl.sampling_levers)
+            self.levers = SamplingLevers(cfg, self.train_rows)
+        except ValueError as e:
+            raise TrainingError(str(e), field="curriculum") from None
         self.data_dir = str(Path(train_path).parent)
         self.valid_dir = str(Path(valid_path).parent) if valid_path else self.data_dir
         self.store = RunStore(cfg.store_url, mode="existing" if self.resume_id else "create")  # --resume creates nothing
@@ -278,6 +279,7 @@ class Trainer:
             self.start_step = int(state["step"]) + 1
             self.cursor = Cursor(**state["cursor"])
             self.best = [tuple(b) for b in state.get("best", [])]  # type: ignore[misc]
+            self.levers.load_state_dict(state.get("levers") or {})
             removed = self.store.delete_after(self.run_id, int(state["step"]))
             replay_state(self.store, self.run_id, self.monitor, int(state["step"]))
         else:
@@ -389,29 +391,28 @@ class Trainer:
         hp = self.hp
         t_iter = time.perf_counter()
         batch = self._async.take(step) if self._async else None  # rollout.max_staleness: sampled in the background
-        row_ids = self.cursor.take(len(self.train_rows), hp.batch_size, hp.seed) if batch is None else []
-        rows: list[Row] = batch.rows if batch else [self.train_rows[i] for i in row_ids]
-        tasks = [
-            RolloutTask(row=r, seed=rollout_seed(hp.seed, step, r.index, k), split="train",
-                        group_id=f"s{step}-r{r.index}-{j}", sample_index=k, data_dir=self.data_dir)
-            for j, r in enumerate(rows)
-            for k in range(hp.group_size)
-        ]
-        t0 = time.perf_counter()
-        prog.start_rollouts(len(tasks), "rollouts")
+        self._step_timing = {"sampling": 0.0, "grading": 0.0}
+        lever_metrics: dict[str, Any] = {}
         if batch is None:
+            row_ids = self.levers.take(step, self.cursor, hp.batch_size, hp.seed)
+            rows: list[Row] = [self.train_rows[i] for i in row_ids]
             self.sampler.version = f"{self.run_id}:policy-{step - 1}"  # the weights that sample this step
-            trajs = self.loop.run(tasks, self.train_params, on_done=prog.rollout_done)
-        else:
-            trajs, self.cursor = batch.trajs, Cursor(*batch.cursor)
-        # async: the time this step waited for its batch (the batch's own sampling time is time/batch_sampling)
-        t_sample = time.perf_counter() - t0 if batch is None else self._async.waited_s
-        t0 = time.perf_counter()
-        grade_trajectories(trajs, {r.index: r.item for r in rows}, self.grader, holdouts=self.holdouts,
-                           response_format=self.cfg.response_format)
-        t_grade = time.perf_counter() - t0
+            trajs = self._rollout_groups(step, rows, prog, 0)
+            trajs, lever_metrics = self.levers.after_rollouts(  # dynamic sampling's refills; the pool's update
+                step, trajs, lambda n, rnd: self._rollout_groups(
+                    step, [self.train_rows[i] for i in self.levers.more_rows(step, self.cursor, n, hp.seed)],
+                    prog, (rnd + 1) * 100_000))
+            t_sample, t_grade = self._step_timing["sampling"], self._step_timing["grading"]
+        else:  # async (the config refuses curriculum / dynamic sampling with it: the producer takes rows in order)
+            rows, (trajs, self.cursor) = batch.rows, (batch.trajs, Cursor(*batch.cursor))
+            t_sample = self._async.waited_s  # the time this step waited (its own sampling: time/batch_sampling)
+            t0 = time.perf_counter()
+            grade_trajectories(trajs, {r.index: r.item for r in rows}, self.grader, holdouts=self.holdouts,
+                               response_format=self.cfg.response_format)
+            t_grade = time.perf_counter() - t0
         counts = assign_advantages(trajs, self.advantage_fn)
-        trained = [t for t in trajs if t.advantage is not None]
+        trained, advs, adv_metrics = step_token_advantages(trajs, hp)  # gigpo / segment DPO when configured
+        lever_metrics.update(adv_metrics)
         if self._remote:
             self._remote.measure(step, trajs, self.learner)  # before the update: lag + sampler-vs-learner KL
         t0 = time.perf_counter()
@@ -425,10 +426,6 @@ class Trainer:
             except TeacherError as e:  # the teacher stopped answering, or its tokenizer is not the student's
                 raise TrainingError(f"distill.teacher: {e}", field="distill") from None
         if trained:
-            if self.distiller is None:
-                base = turn_baselines(trained) if hp.turn_credit_coef else {}
-                advs = {t.trace_id: token_advantages(t, hp.turn_credit_coef, base.get(t.group_id, 0.0))
-                        for t in trained}
             if self._remote:  # rollout.tis_cap: decoupled ratio with truncated importance weights
                 trained, advs = self._remote.importance(step, trained, advs)
             order = list(trained)
@@ -455,6 +452,7 @@ class Trainer:
             "time/sampling": t_sample, "time/grading": t_grade, "time/training": t_train,
             "epoch": self.cursor.epoch,
         })
+        m.update(lever_metrics)
         m["train_reward_mean"] = m["reward_mean"]
         m.update(distilled)
         self.monitor.observe_train(step, m, trajs)
@@ -472,6 +470,25 @@ class Trainer:
             self._warn(line)
         return m
 
+    def _rollout_groups(self, step: int, rows: list[Row], prog: Any, first: int) -> list[Any]:
+        """Roll out and grade one group per row (group ids numbered from ``first``); time added to the step's."""
+        hp = self.hp
+        tasks = [
+            RolloutTask(row=r, seed=rollout_seed(hp.seed, step, r.index, k), split="train",
+                        group_id=f"s{step}-r{r.index}-{first + j}", sample_index=k, data_dir=self.data_dir)
+            for j, r in enumerate(rows)
+            for k in range(hp.group_size)
+        ]
+        t0 = time.perf_counter()
+        prog.start_rollouts(len(tasks), "rollouts")
+        trajs = self.loop.run(tasks, self.train_params, on_done=prog.rollout_done)
+        self._step_timing["sampling"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        grade_trajectories(trajs, {r.index: r.item for r in rows}, self.grader, holdouts=self.holdouts,
+                           response_format=self.cfg.response_format)
+        self._step_timing["grading"] += time.perf_counter() - t0
+        return trajs
+
     def _eval(self, step: int, prog: Any) -> dict[str, Any]:
         hp = self.hp
         prog.start_rollouts(len(self.valid_rows) * hp.eval_samples, f"eval @ step {step}")
@@ -487,6 +504,7 @@ class Trainer:
         m["step"] = step
         m["valid_reward_mean"] = m["reward_mean"]
         m["time/eval"] = time.perf_counter() - t0
+        self.levers.observe_eval(self.valid_rows, trajs)  # the curriculum's weaknesses
         self.monitor.observe_eval(step, m, trajs)
         self._flush_writes()
         self.store.record_step(self.run_id, step, "valid", m, trajs)
@@ -498,7 +516,8 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------------
     def _state(self, step: int) -> dict[str, Any]:
         return {"step": step, "cursor": {"epoch": self.cursor.epoch, "offset": self.cursor.offset},
-                "best": [list(b) for b in self.best], "run_id": self.run_id, "base_model": self.cfg.model_path}
+                "best": [list(b) for b in self.best], "run_id": self.run_id, "base_model": self.cfg.model_path,
+                "levers": self.levers.state_dict()}
 
     def _save_latest(self, step: int) -> None:
         self._flush_writes()  # the checkpoint at `step` must not get ahead of the records up to `step`
