@@ -295,3 +295,15 @@ def test_refill_stops_when_nothing_is_missing_or_no_rows_left():
     assert out == full and m["dynamic_sampling/rounds"] == 0
     out, m = refill(_group("z", [0, 0]), DynamicSamplingConfig(enabled=True, max_rounds=5), lambda n, r: [])
     assert m["dynamic_sampling/rounds"] == 1 and m["dynamic_sampling/extra_groups"] == 0
+
+
+def test_pool_preview_hand_worked():
+    from agentrft.rl.curriculum import preview
+
+    trajs = _group("a", [1, 1]) + _group("b", [0, 0]) + _group("c", [1, 0])
+    for t in trajs:
+        t.row_index = ord(t.group_id)
+    p = preview(CurriculumConfig(enabled=True, min_weight=0.2), trajs)
+    # a: solved, b: unsolved (headroom 0, weight 0.2 each); c: p = .5 → headroom 1, weight 1 → share 1/1.4
+    assert p == {"items": 3, "all_passed": 1, "all_failed": 1, "with_headroom": 1, "headroom_mean": pytest.approx(1 / 3),
+                 "weight_share_with_headroom": pytest.approx(1 / 1.4), "retire_after": 2}

@@ -81,3 +81,30 @@ def test_config_errors_name_the_field(tmp_path, section, value, field):
     with pytest.raises(ConfigError) as e:
         parse_config(data, base_dir=tmp_path, source="cfg.yaml")
     assert field in str(e.value)
+
+
+def test_check_shows_the_curriculum_pool(tmp_path, tiny_model):
+    """`agentrft check` with curriculum on reports the pool its samples would start (real rollouts, real grader):
+    the untrained model never answers, so every item is never solved."""
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from agentrft.evals.cli import register
+
+    files = lt.write_task(tmp_path / "data", n_train=6, n_valid=2, n_demos=1)
+    top = typer.Typer()
+    register(top)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump({
+        "model": str(tiny_model), "training_file": str(files["train"]), "tools": ["lookup_task:lookup"],
+        "grader": lt.GRADER, "output_dir": str(tmp_path / "runs"), "curriculum": {"enabled": True},
+        "hyperparameters": {"max_new_tokens": 6, "max_turns": 1}}))
+    r = CliRunner().invoke(top, ["check", str(conf), "--samples", "2", "--max-items", "3", "--no-progress",
+                                 "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 1, r.output  # no-go: no baseline
+    said = " ".join(r.output.split())  # the console wraps long lines
+    assert "curriculum pool: 0/3 items with headroom" in said and "3 never solved" in said
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["curriculum"]["all_failed"] == 3 and rep["curriculum"]["retire_after"] == 2
+    assert "Curriculum pool" in (tmp_path / "rep" / "report.md").read_text()

@@ -27,7 +27,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -217,9 +217,12 @@ def verdict(splits: dict[str, dict[str, Any]], data: dict[str, Any], th: CheckTh
 
 def run_check(cfg: Any, *, samples: int = 4, max_items: int | None = 32, model: str | None = None,
               regrade: bool = True, out_dir: str | Path | None = None, record: bool = True, progress: bool = False,
-              console: Any = None, thresholds: CheckThresholds | None = None) -> dict[str, Any]:
+              console: Any = None, thresholds: CheckThresholds | None = None,
+              pool: Callable[[list[Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Sample the base model (``model`` or the config's) on up to ``max_items`` rows of each split, ``samples``
-    each, and return the report (also written to ``out_dir`` as report.json / report.md when given)."""
+    each, and return the report (also written to ``out_dir`` as report.json / report.md when given). ``pool``:
+    what the curriculum would make of the training samples (``agentrft.rl.curriculum.preview``), reported as
+    ``curriculum`` — passed in by the command, as this layer does not import the trainer's."""
     from agentrft.data import load_dataset
     from agentrft.evals.run_eval import EvalSession
     from agentrft.graders.base import build_grader
@@ -264,6 +267,8 @@ def run_check(cfg: Any, *, samples: int = 4, max_items: int | None = 32, model: 
               "dataset": data, "model": session.model_ref, "samples_per_item": samples,
               "grader": {"name": session.grader.name, "type": session.grader.type, "version": session.grader.version},
               "thresholds": th.__dict__}
+    if pool is not None and "train" in trajs_by:
+        report["curriculum"] = pool(trajs_by["train"])
     if record:
         from agentrft.evals.metrics import agent_metrics
 
@@ -306,5 +311,11 @@ def write_check_report(report: dict[str, Any], out_dir: str | Path) -> Path:
     d = report["dataset"]
     md += ["", f"Dataset: {d['train_rows']} train / {d['valid_rows']} valid rows, {len(d['train_duplicates'])} + "
            f"{len(d['valid_duplicates'])} duplicate prompts, {len(d['overlap'])} validation prompts seen in training."]
+    c = report.get("curriculum")
+    if c:
+        md += ["", f"Curriculum pool (train samples, one group per item): {c['with_headroom']} of {c['items']} items "
+               f"with headroom (mean {c['headroom_mean']:.2f}, {c['weight_share_with_headroom']:.0%} of the sampling "
+               f"weight); {c['all_passed']} always solved and {c['all_failed']} never solved, retired after "
+               f"{c['retire_after']} such groups."]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return out

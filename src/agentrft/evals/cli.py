@@ -88,8 +88,14 @@ def check(
     with user_errors():
         cfg = load_config(config)
         out = out or cfg.output_path / f"check-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        pool = None
+        if cfg.curriculum.enabled:  # the pool the curriculum would start from
+            from agentrft.rl.curriculum import preview
+
+            def pool(trajs: list) -> dict:
+                return preview(cfg.curriculum, trajs)
         rep = run_check(cfg, samples=samples, max_items=max_items or None, model=model, out_dir=out,
-                        progress=not no_progress, console=err)
+                        progress=not no_progress, console=err, pool=pool)
     if as_json:
         console.print_json(json.dumps(rep, default=str))
     else:
@@ -101,6 +107,11 @@ def check(
                       f"{s['ceiling_share']:.0%}", f"{s['zero_variance_share']:.0%}", f"{s['grader_error_rate']:.1%}",
                       f"{s.get('nondeterminism', 0):.1%}")
         console.print(t)
+        c = rep.get("curriculum")
+        if c:
+            console.print(f"curriculum pool: {c['with_headroom']}/{c['items']} items with headroom (mean "
+                          f"{c['headroom_mean']:.2f}), {c['all_passed']} always solved, {c['all_failed']} never "
+                          f"solved (retired after {c['retire_after']} such groups)", highlight=False)
         for r in rep["reasons"]:
             console.print(f"[bold red]no-go[/] {r['code']}: {r['message']}\n   fix: {r['fix']}", highlight=False)
         for w in rep["warnings"]:

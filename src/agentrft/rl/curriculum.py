@@ -178,3 +178,29 @@ class CurriculumPool:
                                              retired_at=r["retired_at"], last_step=r["last_step"],
                                              samples=r["samples"])
         self.weakness = dict(state.get("weakness") or {})
+
+
+def preview(cfg: Any, trajs: list[Any]) -> dict[str, Any]:
+    """What the pool would make of one group per item (``agentrft check``'s samples): items whose samples all
+    passed / all failed with equal rewards (retired after ``retire_after`` such groups), items with headroom, the
+    mean headroom, and the share of the sampling weight that items with headroom would get."""
+    from agentrft.evals.metrics import passed
+
+    groups: dict[int, list[Any]] = defaultdict(list)
+    for t in trajs:
+        if not t.dropped and t.reward is not None:
+            groups[t.row_index].append(t)
+    stats = {row: group_stats([float(t.reward) for t in members], [passed(t) for t in members])
+             for row, members in groups.items()}
+    u = {row: headroom([s]) for row, s in stats.items()}
+    w = {row: cfg.min_weight + (1.0 - cfg.min_weight) * h for row, h in u.items()}
+    total = sum(w.values())
+    return {
+        "items": len(stats),
+        "all_passed": sum(1 for p, s in stats.values() if p >= 1.0 and s <= 1e-12),
+        "all_failed": sum(1 for p, s in stats.values() if p <= 0.0 and s <= 1e-12),
+        "with_headroom": sum(1 for h in u.values() if h > 0),
+        "headroom_mean": sum(u.values()) / len(u) if u else 0.0,
+        "weight_share_with_headroom": (sum(w[r] for r in w if u[r] > 0) / total) if total else 0.0,
+        "retire_after": cfg.retire_after,
+    }
