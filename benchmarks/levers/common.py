@@ -73,6 +73,24 @@ def run_arm(env_name: str, model: str, data: dict[str, Path], out: Path, seed: i
             "lever_metrics": {k: v for s in train.values() for k, v in s.items() if "/" in k and not k.startswith("time")}}
 
 
+def cached_arm(env_name: str, model: str, data: dict[str, Path], out: Path, seed: int,
+               hp: dict[str, Any]) -> dict[str, Any]:
+    """The plain-GRPO arm, shared by every lever's script: run once per (environment, seed, model, data,
+    hyperparameters) and reused from ``out/arm.json`` afterwards."""
+    key = json.dumps({"model": model, "data": {k: str(v) for k, v in data.items()}, "hp": hp, "seed": seed},
+                     sort_keys=True, default=str)
+    cache = out / "arm.json"
+    if cache.exists():
+        got = json.loads(cache.read_text())
+        if got.get("key") == key:
+            got["valid_trajs"] = {int(k): v for k, v in got["valid_trajs"].items()}
+            return got
+    r = run_arm(env_name, model, data, out, seed, hp, {})
+    out.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({**r, "key": key}, default=str))
+    return r
+
+
 def final_within(arm: dict[str, Any], budget: int) -> int:
     """The step of the arm's last eval whose trajectories consumed are within ``budget``."""
     ok = [c for c in arm["curve"] if c["trajectories"] <= budget]
@@ -115,7 +133,8 @@ def main(lever: str, overrides: dict[str, Any], argv: list[str] | None = None) -
     load = [os.getloadavg()[0]]
     for seed in a.seeds:
         for name, extra in (("grpo", {}), (lever, overrides)):
-            r = run_arm(a.env, a.model, data, out / f"{name}-s{seed}", seed, hp, extra)
+            r = cached_arm(a.env, a.model, data, out.parent / f"grpo-{a.env}-s{seed}", seed, hp) if name == "grpo" \
+                else run_arm(a.env, a.model, data, out / f"{name}-s{seed}", seed, hp, extra)
             arms[name].append(r)
             load.append(os.getloadavg()[0])
             print(f"[{lever}/{a.env}] {name} seed {seed}: final reward {r['curve'][-1]['reward']:.3f} pass "

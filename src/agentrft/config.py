@@ -320,7 +320,7 @@ class CurriculumConfig(_Strict):
     enabled: bool = Field(False, description="sample rows by their headroom instead of the epoch order")
     window: int = Field(4, ge=1, le=10_000, description="recent groups per row behind its pass rate and variance")
     retire_after: int = Field(2, ge=1, le=10_000, description="a row whose last this many groups all passed "
-                              "(solved) or all failed (unsolved) leaves the pool")
+                              "(solved) or all failed (unsolved), every sample scoring the same, leaves the pool")
     recheck_every: int = Field(10, ge=1, le=10_000_000, description="steps a retired row stays out before it comes "
                                "back for one check group")
     min_weight: float = Field(0.05, ge=0, le=1, description="sampling weight of an active row with no measured "
