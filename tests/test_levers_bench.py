@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.levers import common  # noqa: E402
+from benchmarks.levers import common, table  # noqa: E402
 
 
 def test_final_within_budget():
@@ -37,3 +37,5 @@ def test_lever_runner_writes_summary(tmp_path, tiny_model):
     for arm in ("grpo", "gigpo"):
         assert [c["step"] for c in s[arm]["curves"][0]] == [0, 1]
         assert s[arm]["curves"][0][1]["trajectories"] == 4  # 2 rows x 2 samples
+    md = table.render([written])
+    assert "| gigpo | repo_locator | 1 |" in md and "Curve, gigpo on repo_locator" in md

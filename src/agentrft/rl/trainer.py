@@ -2,11 +2,14 @@
 
 One step:
 
-1. take ``batch_size`` rows from the epoch's shuffled order (the *data cursor*, saved in checkpoints);
+1. take ``batch_size`` rows from the epoch's shuffled order (the *data cursor*, saved in checkpoints), or the
+   curriculum pool's draw (``curriculum``: agentrft.rl.curriculum, its state saved beside the cursor);
 2. roll out ``group_size`` trajectories per row with the current policy (one group per row);
-3. grade them (reward = the configured grader's score; holdout graders are recorded beside it);
-4. compute group advantages, skip zero-variance groups and dropped rollouts, and take ``mini_batches``
-   optimizer steps of the clipped policy loss;
+3. grade them (reward = the configured grader's score; holdout graders are recorded beside it); with
+   ``dynamic_sampling``, roll out and grade new rows in place of zero-variance groups, within its budget;
+4. compute group advantages, skip zero-variance groups and dropped rollouts, turn them into per-token
+   advantages (process credit, GiGPO step credit, segment-DPO preferences: agentrft.rl.step_advantages), and take
+   ``mini_batches`` optimizer steps of the clipped policy loss;
 5. record the step — metrics and every trajectory with its tool calls and grades — in one store transaction,
    written by a background thread while the next step rolls out (evals and checkpoints wait for it);
 6. every ``eval_interval`` steps (and at the end): evaluate on the validation set, save an eval checkpoint,
