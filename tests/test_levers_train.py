@@ -108,3 +108,25 @@ def test_check_shows_the_curriculum_pool(tmp_path, tiny_model):
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["curriculum"]["all_failed"] == 3 and rep["curriculum"]["retire_after"] == 2
     assert "Curriculum pool" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_curriculum_pool_survives_resume(tmp_path, tiny_model):
+    """The pool is saved in `latest` and restored on --resume: rows retired before the resume stay retired (the
+    untrained model never answers, so each sampled row retires as unsolved after its first group)."""
+    files = lt.write_task(tmp_path / "data", n_train=12, n_valid=1, n_demos=1)
+    data = {"name": "pool", "model": str(tiny_model), "training_file": str(files["train"]),
+            "tools": ["lookup_task:lookup"], "grader": lt.GRADER, "output_dir": str(tmp_path / "runs"),
+            "hyperparameters": {"max_steps": 2, "batch_size": 3, "group_size": 2, "max_new_tokens": 6,
+                                "max_turns": 1, "lora": None, "max_signal_free_steps": 0, "save_interval_s": 0},
+            "curriculum": {"enabled": True, "retire_after": 1, "recheck_every": 100}}
+    run_id = train(parse_config(data, base_dir=tmp_path), progress=False)
+    data["hyperparameters"]["max_steps"] = 3
+    cfg = parse_config(data, base_dir=tmp_path)
+    assert train(cfg, resume=run_id, progress=False) == run_id
+    st = RunStore(cfg.store_url)
+    m = {r["step"]: r for r in st.step_metrics(run_id, split="train")}
+    assert [m[s]["curriculum/retired_unsolved"] for s in (1, 2, 3)] == [3, 6, 9]
+    # no row is drawn twice: the restored pool knows which rows retired before the resume
+    rows = [t["row_index"] for t in st.trajectories(run_id, split="train") if t["sample_index"] == 0]
+    assert sorted(rows) == sorted(set(rows)) and len(rows) == 9
+    st.close()
