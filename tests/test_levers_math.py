@@ -307,3 +307,50 @@ def test_pool_preview_hand_worked():
     # a: solved, b: unsolved (headroom 0, weight 0.2 each); c: p = .5 → headroom 1, weight 1 → share 1/1.4
     assert p == {"items": 3, "all_passed": 1, "all_failed": 1, "with_headroom": 1, "headroom_mean": pytest.approx(1 / 3),
                  "weight_share_with_headroom": pytest.approx(1 / 1.4), "retire_after": 2}
+
+
+# ---- the trainer's sampling hook ---------------------------------------------------------------------------
+
+def _run_cfg(**sections):
+    from agentrft.config import RunConfig
+
+    return RunConfig(model="m", training_file="t.jsonl", grader={"type": "string_check"}, **sections)
+
+
+def test_sampling_levers_refill_draws_unused_rows_and_feeds_the_pool():
+    from agentrft.rl.sampling_levers import SamplingLevers
+    from agentrft.rl.trainer import Cursor
+
+    rows = _rows(6)
+    lv = SamplingLevers(_run_cfg(curriculum={"enabled": True, "retire_after": 1},
+                                 dynamic_sampling={"enabled": True, "max_extra_groups": 2}), rows)
+    first = lv.take(1, Cursor(), 2, seed=0)
+    drawn: list[list[int]] = []
+
+    def draw(n: int, rnd: int) -> list[Trajectory]:
+        ids = lv.more_rows(1, Cursor(), n, seed=0)
+        drawn.append(ids)
+        out = []
+        for i in ids:  # each replacement row's group has signal
+            g = _group(f"x{i}", [1, 0])
+            for t in g:
+                t.row_index = i
+            out += g
+        return out
+
+    trajs = []
+    for i in first:  # both first groups are all-fail: zero variance
+        g = _group(f"r{i}", [0, 0])
+        for t in g:
+            t.row_index = i
+        trajs += g
+    out, m = lv.after_rollouts(1, trajs, draw)
+    assert len(drawn) == 1 and len(drawn[0]) == 2 and not set(drawn[0]) & set(first)
+    assert m["dynamic_sampling/extra_groups"] == 2 and m["dynamic_sampling/signal_groups"] == 2
+    assert m["curriculum/retired_unsolved"] == 2 and m["curriculum/unseen_rows"] == 2  # 4 rows seen, 2 retired
+    # without the curriculum the refill continues the epoch order, skipping rows this step already has
+    plain = SamplingLevers(_run_cfg(dynamic_sampling={"enabled": True}), rows)
+    cur = Cursor()
+    a = plain.take(1, cur, 4, seed=0)
+    b = plain.more_rows(1, cur, 4, seed=0)  # the epoch wraps: the new epoch's order minus a
+    assert not set(a) & set(b) and len(b) == 2 and set(a) | set(b) == set(range(6))
