@@ -35,8 +35,8 @@ _PRESET: dict[str, Any] = {
     # RL: 100 steps with an eval every 10 (11 evals, as 50 steps every 5 had) and near-greedy evals (T 0.1).
     # Measured on seed 0 under the same load (docs/levers.md, "The quickstart's pass rate"): the same checkpoint
     # passes more at T 0.1 than 0.7 (step 30: 0.71 -> 0.79; the warm-started baseline 0.25 -> 0.58), and 100 steps
-    # kept improving where 50 stopped: best pass 0.71 (old preset) -> 0.92 (this preset's end-to-end run; other
-    # 100-step runs from the same warm start: 0.82-0.90)
+    # kept improving where 50 stopped: best pass 0.71 (old preset) -> 0.92 and 0.88 (this preset's two end-to-end
+    # runs; other 100-step runs from the same warm start: 0.82-0.90)
     "hyperparameters": {"max_steps": 100, "batch_size": 8, "group_size": 8, "learning_rate": 5e-4,
                         "eval_interval": 10, "eval_samples": 2, "max_new_tokens": 64, "max_turns": 6,
                         "max_episode_steps": 6, "max_context_tokens": 1024, "micro_batch_size": 32,
