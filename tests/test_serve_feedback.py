@@ -88,3 +88,13 @@ def test_feedback_needs_the_token(server):
     client = openai.OpenAI(base_url=server.url, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.post("/feedback", body={"trace_id": "conv-fb-1", "score": 1}, cast_to=object)
+
+
+@pytest.mark.parametrize("path", ["/feedback?trace_id=conv-fb-1", "/approvals", "/files", "/fine_tuning/jobs"])
+@pytest.mark.parametrize("limit", ["many", "0", "-1", "10001"])
+def test_every_list_endpoint_answers_a_bad_limit_with_a_400_naming_it(server, path, limit):
+    with _http(server) as c:
+        r = c.get(path, params={"limit": limit})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "limit" and err["message"].startswith("limit must be")

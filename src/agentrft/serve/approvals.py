@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentrft.serve.approvals_config import approval_tool_names
-from agentrft.serve.errors import APIError
+from agentrft.serve.errors import APIError, query_limit
 
 PENDING = "pending_approval"
 
@@ -253,10 +253,8 @@ def mount_approvals(app: FastAPI, state: Any, body_as: Any) -> None:
         status = request.query_params.get("status", "pending")
         if status not in ("pending", "approved", "denied", "all"):
             raise APIError(400, f"status must be pending, approved, denied or all; got {status!r}", param="status")
-        raw = request.query_params.get("limit", "200")
-        if not raw.isdigit() or not 1 <= int(raw) <= 10000:
-            raise APIError(400, f"limit must be an integer between 1 and 10000, got {raw!r}", param="limit")
-        rows = await asyncio.to_thread(store().list_approvals, None if status == "all" else status, limit=int(raw))
+        limit = query_limit(request, 200)
+        rows = await asyncio.to_thread(store().list_approvals, None if status == "all" else status, limit=limit)
         return {"object": "list", "data": [approval_object(a, hold) for a in rows]}
 
     @app.get("/v1/approvals/{aid}")

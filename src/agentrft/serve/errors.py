@@ -53,3 +53,17 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return msg, param
+
+
+def query_limit(request: Any, default: int, *, most: int = 10_000) -> int:
+    """The ``limit`` query parameter of a list endpoint: an integer in [1, most], else a 400 naming ``limit``."""
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        raise APIError(400, f"limit must be an integer, got {raw!r}", param="limit") from None
+    if not 1 <= n <= most:
+        raise APIError(400, f"limit must be between 1 and {most}, got {n}", param="limit")
+    return n

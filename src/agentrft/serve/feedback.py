@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agentrft.serve.errors import APIError
+from agentrft.serve.errors import APIError, query_limit
 
 
 class FeedbackBody(BaseModel):
@@ -48,19 +48,6 @@ def _store(state: Any) -> Any:
         raise APIError(503, "this server has no store, so it keeps no feedback (start it with --store URL)",
                        code="no_store")
     return state.store
-
-
-def feedback_limit(request: Request, default: int = 100) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise APIError(400, f"limit must be an integer, got {raw!r}", param="limit") from None
-    if not 1 <= n <= 10000:
-        raise APIError(400, "limit must be between 1 and 10000", param="limit")
-    return n
 
 
 def add_feedback(state: Any, body: FeedbackBody) -> dict:
@@ -95,7 +82,7 @@ def mount_feedback(app: FastAPI, state: Any, body_as: Any) -> None:
     async def list_feedback(request: Request) -> dict:
         store = _store(state)
         trace_id = request.query_params.get("trace_id")
-        limit = feedback_limit(request)
+        limit = query_limit(request, 100)
         rows = await asyncio.to_thread(store.feedback, trace_ids=[trace_id] if trace_id else None)
         rows = rows[-limit:]
         return {"object": "list", "data": [{"object": "feedback", **r} for r in rows]}

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 
-from agentrft.serve.errors import APIError
+from agentrft.serve.errors import APIError, query_limit
 
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "user_data", "evals")
 
@@ -115,10 +115,7 @@ def mount_files(app: FastAPI, state: Any, files_dir: Path) -> None:
         if after:
             ids = [f["id"] for f in files]
             files = files[ids.index(after) + 1:] if after in ids else []
-        try:
-            limit = int(request.query_params.get("limit", 10000))
-        except ValueError:
-            raise APIError(400, "limit must be an integer", param="limit") from None
+        limit = query_limit(request, 10000)
         page = files[:limit]
         return {"object": "list", "data": [file_object(f) for f in page], "has_more": len(files) > limit,
                 "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
-from agentrft.serve.errors import APIError
+from agentrft.serve.errors import APIError, query_limit
 from agentrft.serve.job_spec import Source, bad, check_body, method_of, reinforcement_spec, supervised_spec
 from agentrft.serve.job_views import checkpoint_objects, job_events, job_object, page
 from agentrft.serve.jobs_config import data_dir
@@ -34,19 +34,6 @@ from agentrft.store.jobs import TERMINAL
 
 class _AnyBody(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
-def _limit(request: Request, default: int = 20) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise APIError(400, f"limit must be an integer, got {raw!r}", param="limit") from None
-    if not 1 <= n <= 10000:
-        raise APIError(400, "limit must be between 1 and 10000", param="limit")
-    return n
 
 
 def resolve_source(state: Any, model: str) -> Source:
@@ -162,7 +149,7 @@ def mount_fine_tuning(app: FastAPI, state: Any, body_as: Any) -> None:
         md = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
               if k.startswith("metadata[") and k.endswith("]")}
         jobs, more = await asyncio.to_thread(st.list_jobs, after=request.query_params.get("after"),
-                                             limit=_limit(request), metadata=md or None)
+                                             limit=query_limit(request, 20), metadata=md or None)
         data = [job_object(st, j) for j in jobs]
         return {"object": "list", "data": data, "has_more": more}
 
@@ -222,14 +209,14 @@ def mount_fine_tuning(app: FastAPI, state: Any, body_as: Any) -> None:
         st = store()
         j = get(job_id)
         evs = await asyncio.to_thread(job_events, st, j)
-        return page(list(reversed(evs)), request.query_params.get("after"), _limit(request))
+        return page(list(reversed(evs)), request.query_params.get("after"), query_limit(request, 20))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
     async def checkpoints(job_id: str, request: Request) -> dict:
         st = store()
         j = get(job_id)
         cks = await asyncio.to_thread(checkpoint_objects, st, j)
-        return page(cks, request.query_params.get("after"), _limit(request, 10))
+        return page(cks, request.query_params.get("after"), query_limit(request, 10))
 
     # ---- graders (as `agentrft grade`) --------------------------------------------------------------------
     @app.post("/v1/fine_tuning/alpha/graders/validate")
