@@ -5,14 +5,11 @@ before) and a bounded load generator that drives a deployment through the offici
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 import serve_helpers as h
 
@@ -36,42 +33,7 @@ BAD_DEMOS = [
 def build_bad_model(tool_model: Path, out: Path, steps: int = 300) -> Path:
     """Copy the tool model to ``out`` and fine-tune it on ``BAD_DEMOS`` (loss on assistant tokens) until greedy
     decoding reproduces them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from agentrft.rollout.render import ChatRenderer
-
-    if (out / "done").exists():
-        return out
-    shutil.copytree(tool_model, out, dirs_exist_ok=True)
-    (out / "done").unlink(missing_ok=True)
-    tok = AutoTokenizer.from_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    r = ChatRenderer(tok)
-    seqs = [r.render_demo(m, t) for m, t in BAD_DEMOS]
-    L = max(len(i) for i, _ in seqs)
-    pad = tok.pad_token_id
-    ids = torch.tensor([i + [pad] * (L - len(i)) for i, _ in seqs])
-    labels = torch.tensor([[x if m else -100 for x, m in zip(i, k)] + [-100] * (L - len(i)) for i, k in seqs])
-    attn = torch.tensor([[1] * len(i) + [0] * (L - len(i)) for i, _ in seqs])
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for step in range(steps):
-            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if loss.item() < 0.002:
-                break
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    model.save_pretrained(out)
-    (out / "done").write_text(f"{step} {loss.item():.4f}")
-    return out
+    return h.fine_tune_copy(tool_model, out, BAD_DEMOS, steps)
 
 
 def register_checkpoint(store, model_dir: Path, base_dir: Path, name: str) -> str:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import httpx
 import torch
 
 import lookup_task
+from serve_helpers import fine_tune_copy
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -36,42 +36,9 @@ def write_rows(rows: list[dict], path: Path) -> Path:
 
 def build_teacher(tiny_model: Path, out: Path, rows: list[dict], steps: int = 600) -> Path:
     """Copy ``tiny_model`` to ``out`` and fine-tune it on the rows' correct one-call solutions."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from agentrft.rollout.render import ChatRenderer
-
-    if (out / "done").exists():
-        return out
-    shutil.copytree(tiny_model, out, dirs_exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    r = ChatRenderer(tok)
     rng = random.Random(0)
-    seqs = [r.render_demo(lookup_task.make_demo(row, rng, 0.0, 0.0)["messages"], row["tools"]) for row in rows]
-    L = max(len(i) for i, _ in seqs)
-    pad = tok.pad_token_id
-    ids = torch.tensor([i + [pad] * (L - len(i)) for i, _ in seqs])
-    labels = torch.tensor([[x if m else -100 for x, m in zip(i, k)] + [-100] * (L - len(i)) for i, k in seqs])
-    attn = torch.tensor([[1] * len(i) + [0] * (L - len(i)) for i, _ in seqs])
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for step in range(steps):
-            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if loss.item() < 0.002:
-                break
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    model.save_pretrained(out)
-    (out / "done").write_text(f"{step} {loss.item():.4f}")
-    return out
+    demos = [(lookup_task.make_demo(row, rng, 0.0, 0.0)["messages"], row["tools"]) for row in rows]
+    return fine_tune_copy(tiny_model, out, demos, steps)
 
 
 def free_port() -> int:

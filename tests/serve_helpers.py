@@ -35,19 +35,22 @@ DEMOS = [
 ]
 
 
-def build_tool_model(tiny_model: Path, out: Path, steps: int = 400) -> Path:
-    """Copy ``tiny_model`` to ``out`` and fine-tune it on ``DEMOS`` (loss on assistant tokens only)."""
+def fine_tune_copy(src: Path, out: Path, demos: list[tuple[list[dict], list[dict] | None]], steps: int) -> Path:
+    """Copy the model at ``src`` to ``out`` and fine-tune it on ``demos`` — (messages, tools) pairs, loss on the
+    assistant tokens only — until the loss is below 0.002 or ``steps`` ran; ``out/done`` marks it built (a later call
+    returns it as it is)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from agentrft.rollout.render import ChatRenderer
 
     if (out / "done").exists():
         return out
-    shutil.copytree(tiny_model, out, dirs_exist_ok=True)
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    (out / "done").unlink(missing_ok=True)  # (src may itself be a model this built)
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     r = ChatRenderer(tok)
-    seqs = [r.render_demo(m, t) for m, t in DEMOS]
+    seqs = [r.render_demo(m, t) for m, t in demos]
     L = max(len(i) for i, _ in seqs)
     pad = tok.pad_token_id
     ids = torch.tensor([i + [pad] * (L - len(i)) for i, _ in seqs])
@@ -72,6 +75,11 @@ def build_tool_model(tiny_model: Path, out: Path, steps: int = 400) -> Path:
     model.save_pretrained(out)
     (out / "done").write_text(f"{step} {loss.item():.4f}")
     return out
+
+
+def build_tool_model(tiny_model: Path, out: Path, steps: int = 400) -> Path:
+    """Copy ``tiny_model`` to ``out`` and fine-tune it on ``DEMOS`` (loss on assistant tokens only)."""
+    return fine_tune_copy(tiny_model, out, DEMOS, steps)
 
 
 def tool_model_dir(tiny_model: Path, tmp_path_factory) -> Path:
