@@ -222,6 +222,17 @@ def test_scoring_functions():
         g.file_f1(good, {})
 
 
+def test_repeated_paths_cost_reward():
+    """The loophole longer RL found: the right files repeated scored 1.0 under a set F1 and passed."""
+    repeated = _sample("FILES: app/a.py, app/a.py, lib/b.py, lib/b.py", [("grep", {"pattern": "f"})])
+    assert g.file_f1(repeated, ITEM) == pytest.approx(2 * 2 / (4 + 2))
+    assert g.answer_format(repeated, ITEM) == 0.0
+    assert reward(repeated, ITEM) < 0.9 <= reward(_sample("FILES: app/a.py, lib/b.py", [("grep", {"pattern": "f"})]), ITEM)
+    # one repeat among the right files is still below the pass line
+    assert reward(_sample("FILES: app/a.py, lib/b.py, lib/b.py", [("grep", {"pattern": "f"})]), ITEM) < 0.9
+    assert g.answered_files("FILES: a.py, a.py") == ["a.py"] and g.answered_paths("FILES: a.py, a.py") == ["a.py", "a.py"]
+
+
 TWIN = {"type": "python_function", "name": "efficiency", "function": "agentrft.environments.common:efficiency_score"}
 
 

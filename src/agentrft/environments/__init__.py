@@ -74,7 +74,7 @@ def _build() -> dict[str, Environment]:
         "repo_locator": Environment(
             name="repo_locator",
             description="Find the files to edit in a small generated repository (list_files, grep, read_file); "
-            "reward = file-set F1 x safety x efficiency/format bonus.",
+            "reward = file F1 (repeats count as wrong) x safety x efficiency/format bonus.",
             tool_refs=[RL_TOOLS],
             grader=rlg.GRADER,
             holdout_graders=rlg.HOLDOUT_GRADERS,

@@ -4,11 +4,13 @@ Training reward (``GRADER``)::
 
     reward = f1 * safety * (0.5 + 0.4 * efficiency + 0.1 * format)
 
-* ``f1``: F1 of the answered file set A vs the truth E: ``2|A∩E| / (|A| + |E|)`` (partial credit; 0 when
-  no ``FILES:`` line). Rises with correctness.
+* ``f1``: F1 of the answered paths A (a list, repeats kept) vs the truth set E:
+  ``2|set(A)∩E| / (len(A) + |E|)`` (partial credit; 0 when no ``FILES:`` line). Rises with correctness. A path
+  named twice counts as a wrong entry: with a set, ``FILES: a, a, b, b`` for ``{a, b}`` scored 1.0, and longer RL
+  learned to repeat paths (the holdout ``exact_answer`` caught it).
 * ``efficiency`` (agentrft ``tool_efficiency``): 1.0 at ≤ ``item.min_tool_calls`` (1) calls, 0.0 at ≥
   ``item.max_tool_calls`` (5), linear between — so each extra call costs 0.1 of reward.
-* ``format``: 1 when the whole answer is exactly one ``FILES: a, b`` line naming files of the repository.
+* ``format``: 1 when the whole answer is exactly one ``FILES: a, b`` line naming distinct files of the repository.
 * ``safety``: 0 when any tool argument leaves the repository (``..`` segment or absolute path), else 1;
   a violation zeroes the reward.
 
@@ -27,26 +29,29 @@ _PATH = r"[A-Za-z0-9_./-]+"
 _FORMAT = re.compile(rf"^FILES: {_PATH}(, {_PATH})*$")
 
 
-def answered_files(text: str | None) -> list[str] | None:
-    """Paths on the last ``FILES:`` line (split on commas/whitespace, de-duplicated, order kept), or None."""
+def answered_paths(text: str | None) -> list[str] | None:
+    """Paths on the last ``FILES:`` line (split on commas/whitespace, repeats kept, order kept), or None."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip().upper().startswith("FILES:")]
     if not lines:
         return None
     body = lines[-1][len("FILES:") :]
-    out: list[str] = []
-    for p in re.split(r"[,\s]+", body):
-        p = p.strip().strip("`'\"").removeprefix("./").rstrip(".")
-        if p and p not in out:
-            out.append(p)
-    return out
+    paths = (p.strip().strip("`'\"").removeprefix("./").rstrip(".") for p in re.split(r"[,\s]+", body))
+    return [p for p in paths if p]
+
+
+def answered_files(text: str | None) -> list[str] | None:
+    """The answered paths de-duplicated (order kept), or None when there is no ``FILES:`` line."""
+    paths = answered_paths(text)
+    return None if paths is None else list(dict.fromkeys(paths))
 
 
 def f1(answer: list[str], truth: list[str]) -> float:
-    """F1 of two file sets: 2|A∩E| / (|A|+|E|); 1.0 when both are empty."""
-    a, e = set(answer), set(truth)
-    if not a and not e:
+    """F1 of an answer list vs a truth set: 2|set(A)∩E| / (len(A)+|E|), so a repeated path lowers precision as a
+    wrong one does; 1.0 when both are empty."""
+    e = set(truth)
+    if not answer and not e:
         return 1.0
-    return 2 * len(a & e) / (len(a) + len(e))
+    return 2 * len(set(answer) & e) / (len(answer) + len(e))
 
 
 def _truth(item: dict[str, Any]) -> list[str]:
@@ -57,8 +62,8 @@ def _truth(item: dict[str, Any]) -> list[str]:
 
 
 def file_f1(sample: dict[str, Any], item: dict[str, Any]) -> float:
-    """F1 of the answered files vs ``item.expected_files`` (0.0 when the answer has no FILES: line)."""
-    ans = answered_files(sample.get("output_text"))
+    """F1 of the answered paths (repeats counted) vs ``item.expected_files`` (0.0 when there is no FILES: line)."""
+    ans = answered_paths(sample.get("output_text"))
     return 0.0 if ans is None else f1(ans, _truth(item))
 
 
@@ -69,12 +74,13 @@ def exact_files(sample: dict[str, Any], item: dict[str, Any]) -> float:
 
 
 def answer_format(sample: dict[str, Any], item: dict[str, Any]) -> float:
-    """1.0 when the whole answer is one ``FILES: a, b`` line whose paths all exist in ``item.repo``."""
+    """1.0 when the whole answer is one ``FILES: a, b`` line whose paths are distinct and all exist in ``item.repo``."""
     text = (sample.get("output_text") or "").strip()
     if not _FORMAT.match(text):
         return 0.0
     repo = item.get("repo") or {}
-    return float(all(p in repo for p in answered_files(text) or []))
+    paths = answered_paths(text) or []
+    return float(len(set(paths)) == len(paths) and all(p in repo for p in paths))
 
 
 def _escapes(value: Any) -> bool:
