@@ -2,9 +2,9 @@
 
 An environment is a module with ``generate(out_dir, seed, n_train, n_valid, **kw)`` (writes OpenAI-format
 train/valid/demos JSONL and returns their paths) and ``corpus(out_dir)`` (the texts a tiny model's tokenizer learns
-from), plus a function returning its :class:`~agentrft.environments.Environment`. Name that function wherever a
-bundled environment name is accepted: ``environment: letters_env:load_environment`` in a run config (it supplies
-the tools and grader), ``agentrft tools serve letters_env:load_environment``, ``agentrft model tiny --env …``.
+from), plus a function returning its :class:`~agentrft.environments.Environment`. Name that function as
+``environment: letters_env:load_environment`` in a run config (it supplies the tools and grader), ``agentrft tools
+serve letters_env:load_environment`` (or ``tools list``), ``agentrft model tiny --env …``.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ for ``python_function`` graders and the grader JSON). See docs/environments.md f
 
 An environment of your own is a module with ``generate(out_dir, seed, n_train, n_valid, **kw)`` and
 ``corpus(out_dir)`` and a function returning its :class:`Environment` (``module`` = that module); name it as
-``module:function`` wherever a bundled name is accepted: a run config's ``environment`` (which then supplies
-``tools``, ``grader`` and ``holdout_graders`` the config leaves out), ``agentrft quickstart --env``,
-``agentrft model tiny --env``, ``agentrft tools serve`` (docs/extending.md).
+``module:function`` in a run config's ``environment`` (which then supplies ``tools``, ``grader`` and
+``holdout_graders`` the config leaves out), ``agentrft model tiny --env`` and ``agentrft tools serve|list``
+(docs/extending.md). ``agentrft quickstart`` runs the bundled ones only: its preset was tuned and measured on them.
 """
 
 from __future__ import annotations

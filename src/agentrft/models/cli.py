@@ -67,7 +67,8 @@ def tiny(
     n_train: int = typer.Option(200, "--n-train", min=1, help="rows to generate (when --data is not given)"),
     n_valid: int = typer.Option(50, "--n-valid", min=1),
 ) -> None:
-    """Build a tiny tool-calling model whose tokenizer is trained on an environment's text."""
+    """Build a tiny tool-calling model whose tokenizer is trained on an environment's text (--env) or on your own
+    OpenAI-format files (--data DIR, or --train/--valid/--demos)."""
     _quiet()
     from agentrft.models.tiny import TinyModelSpec, build_tiny_model
 

@@ -14,6 +14,9 @@ Two ways to drive one, and a sampler may offer both:
   rendered tool results), ``step`` advances every slot that is generating and returns the turns that ended. None
   when this sampler cannot (the loop then uses ``generate``).
 
+Stop ids are the backend's, given when it is built (the chat renderer's ``stop_ids``: ``RolloutStack.attach``
+passes them), so the loop and the learner agree on where a turn ends.
+
 Seeds: each trajectory passes its own ``torch.Generator``; a sampler draws exactly one uniform from it per sampled
 token, so a trajectory's tokens depend only on its seed and its context, never on its batch-mates.
 

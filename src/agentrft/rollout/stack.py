@@ -1,7 +1,7 @@
 """The rollout stack, built from a run config in one place: tool router, reward and holdout graders, the policy
 (model, tokenizer, chat renderer), the sampler and the agent loop. Training, ``eval``, ``compare``, ``check``,
-``promote``, SFT and the model server all build theirs here, so a new backend (a remote sampler, another tool
-kind) plugs in once.
+``promote`` and distillation build theirs here, so a new backend (a remote sampler, another tool kind) plugs in
+once; SFT and the model server, which need no tools or graders, load their model through :func:`load_policy`.
 
 It is built in two halves because training validates its inputs before it loads a model, and wraps the model
 (LoRA) before it samples from it::
