@@ -130,6 +130,30 @@ def test_model_tiny_without_environment_or_data_says_what_to_give(tmp_path):
     assert res.exit_code == 2 and "bad.jsonl:2" in res.output
 
 
+def test_the_clis_take_an_environment_by_reference(tmp_path):
+    """``tools list`` and ``model tiny --env`` resolve ``module:function`` like a bundled name; ``quickstart`` runs
+    bundled environments only and says so (exit 2, no traceback)."""
+    from typer.testing import CliRunner
+
+    from agentrft.cli import app
+
+    ref = "letters_env:load_environment"
+    res = CliRunner().invoke(app, ["tools", "list", ref])
+    assert res.exit_code == 0, res.output
+    assert [t["function"]["name"] for t in json.loads(res.output)] == ["count_letters"]
+    res = CliRunner().invoke(app, ["model", "tiny", "--env", ref, "--out", str(tmp_path / "m"), "--n-train", "6",
+                                   "--n-valid", "2", "--vocab-size", "320", "--hidden-size", "32", "--layers", "1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["env"] == ref and set(summary["files"]) >= {"train", "valid", "demos"}
+    assert (Path(summary["model"]) / "config.json").exists()
+    assert len((tmp_path / "m" / "data" / "train.jsonl").read_text().splitlines()) == 6
+    res = CliRunner().invoke(app, ["quickstart", "--env", ref, "--out", str(tmp_path / "qs")])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert f"--env '{ref}': the quickstart runs a bundled environment" in " ".join(res.output.split())
+    assert not (tmp_path / "qs").exists()  # refused before anything was written
+
+
 # ---- a model architecture ----------------------------------------------------------------------------------------
 def test_an_architecture_row_puts_a_new_model_type_on_the_engine_and_the_learner_head():
     import my_architecture

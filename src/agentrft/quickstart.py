@@ -65,7 +65,7 @@ def run_quickstart(env_name: str = "repo_locator", out: str | Path = "runs/quick
                    steps: int | None = None, console: Any = None, progress: bool = True) -> dict[str, Any]:
     from rich.console import Console
 
-    from agentrft.config import load_config
+    from agentrft.config import ConfigError, load_config
     from agentrft.environments import get_environment
     from agentrft.evals.report import build_report
     from agentrft.models.tiny import TinyModelSpec, build_tiny_model
@@ -75,7 +75,11 @@ def run_quickstart(env_name: str = "repo_locator", out: str | Path = "runs/quick
 
     console = console or Console(stderr=True)
     if env_name not in PRESETS:
-        raise ValueError(f"unknown environment {env_name!r} (known: {', '.join(PRESETS)})")
+        # a ConfigError, so the CLI answers with this message and exit 2 (a plain ValueError was a traceback)
+        raise ConfigError(f"--env {env_name!r}: the quickstart runs a bundled environment ({', '.join(PRESETS)}), "
+                          "whose preset it was tuned on; for an environment of your own, build a model with "
+                          "`agentrft model tiny --env` and train it with a run config that names it "
+                          "(docs/extending.md)")
     preset = PRESETS[env_name]
     env = get_environment(env_name)
     out = Path(out).resolve()
