@@ -97,21 +97,26 @@ def test_an_environment_by_reference_builds_a_model_and_trains(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{"):])
     assert summary["env"] is None and set(summary["files"]) == {"train", "valid", "demos"}
-    sft = run_sft(summary["model"], files["demos"], tmp_path / "sft", epochs=2, batch_size=8, learning_rate=3e-3)
-    assert sft.steps == 4 and sft.last_loss < sft.first_loss
+    # 80 steps (~3 s): enough that the warm-started policy writes "ANSWER: …" often, so RL below has a signal
+    sft = run_sft(summary["model"], files["demos"], tmp_path / "sft", epochs=40, batch_size=8, learning_rate=3e-3)
+    assert sft.steps == 80 and sft.last_loss < sft.first_loss
     (tmp_path / "run.yaml").write_text(
         f"model: {sft.out_dir}\ntraining_file: {files['train']}\nvalidation_file: {files['valid']}\n"
         "environment: letters_env:load_environment\noutput_dir: out\n"
-        "hyperparameters: {max_steps: 2, batch_size: 2, group_size: 2, eval_interval: 2, max_new_tokens: 24, "
+        "hyperparameters: {max_steps: 2, batch_size: 2, group_size: 4, eval_interval: 2, max_new_tokens: 24, "
         "max_turns: 3, learning_rate: 1e-3}\n")
     cfg = load_config(tmp_path / "run.yaml")
     assert cfg.grader["name"] == "letters" and cfg.tools[0].ref == "letters_env:count_letters"
     run_id = train(cfg, progress=False)
     store = RunStore(cfg.store_url)
     try:
-        assert [m["step"] for m in store.step_metrics(run_id, split="train")] == [1, 2]
+        metrics = store.step_metrics(run_id, split="train")
+        assert [m["step"] for m in metrics] == [1, 2]
+        # it trained, not only ran: a step whose group rewards differed moved the weights (before the 80-step
+        # warm-start every reward was 0, every advantage 0, and the "training" never touched the policy)
+        assert max(m["reward_mean"] for m in metrics) > 0 and any(m["grad_norm"] > 0 for m in metrics), metrics
         trajs = store.trajectories(run_id, split="train")
-        assert len(trajs) == 2 * 2 * 2
+        assert len(trajs) == 2 * 2 * 4
         assert all(t["grades"][0]["grader_name"] == "letters" for t in trajs if t["outcome"] != "dropped")
         assert all(t["checkpoint_id"].startswith(f"{run_id}:policy-") for t in trajs)
     finally:
