@@ -168,6 +168,37 @@ def test_record_step_round_trip(store):
     assert store.count_trajectories(run) == 2 and store.count_trajectories(run, "valid") == 0
 
 
+def test_the_stores_converter_gives_back_the_trajectory_it_recorded(store_url):
+    """One trajectory shape above the store: ``trajectory_from_record`` rebuilds what was recorded (all but the token
+    ids and log-probs, which are not stored), so a comparison reads a stored rollout as it read the live one."""
+    from dataclasses import asdict
+
+    from agentrft.evals.compare import traj_view
+    from agentrft.store.records import trajectory_from_record
+
+    store = RunStore(store_url)
+    run = store.create_run("r", {})
+    t1, t2 = make_traj(0, 0, n_calls=3), make_traj(1, 1, n_calls=0)
+    t1.turns[1].finish_reason, t1.turns[1].parse_error, t1.turns[1].gen_latency_s = "length", "bad JSON", 0.125
+    t2.outcome, t2.drop_reason, t2.reward = "dropped", "tool server 503 after 3 retries", None
+    store.record_step(run, 3, "train", {}, [t1, t2])
+    records = store.trajectories(run)
+    store.close()
+
+    assert [r["trace_id"] for r in records] == [t1.trace_id, t2.trace_id]
+    for orig, rec in zip((t1, t2), records):
+        back = trajectory_from_record(rec)
+        got, want = asdict(back), asdict(orig)
+        for d in (got, want):
+            for key in ("token_ids", "loss_mask", "logprobs"):
+                d.pop(key)
+            for g in d["grades"]:
+                g.pop("execution_time_s")  # timing of the grader, kept in metrics, not per grade
+        assert got == want
+        assert back.completion_tokens == orig.completion_tokens and back.tool_errors == orig.tool_errors
+        assert traj_view(rec) == traj_view(orig)
+
+
 def test_record_step_is_idempotent_and_errors_write_nothing(store):
     run = store.create_run("r", {})
     store.record_step(run, 1, "train", {"v": 1}, [make_traj(i) for i in range(4)])
