@@ -32,6 +32,7 @@ from agentrft.serve.config import ServeConfig
 from agentrft.serve.errors import APIError, validation_message
 from agentrft.serve.limits import Metrics, TokenRateLimiter
 from agentrft.serve.models import ModelManager, Target
+from agentrft.serve.response_format import AnswerCheck
 from agentrft.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -417,6 +418,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
         created = int(time.time())
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         hdrs = headers(target, trace_id, request_id)
+        fmt = AnswerCheck.of(req.response_format)
         trace_base = dict(**deploy_fields(request), request_id=request_id, trace_id=trace_id,
                           endpoint="chat.completions", model=req.model,
                           checkpoint_id=target.checkpoint, messages=[m.model_dump(exclude_none=True) for m in req.messages],
@@ -437,7 +439,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
 
         if req.stream and not held_stream:
             return StreamingResponse(
-                _chat_stream(request, target, req, gens, cid, created, offered is not None, finish, forced),
+                _chat_stream(request, target, req, gens, cid, created, offered is not None, finish, forced, fmt),
                 media_type="text/event-stream", headers={**hdrs, "Cache-Control": "no-cache"})
 
         await run_or_refund(request, target, gens, reserved)
@@ -454,6 +456,7 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                                              else "stop")
             choice: dict[str, Any] = {"index": i, "message": msg, "finish_reason": fr,
                                       "logprobs": _chat_logprobs(target, ids, r) if req.logprobs else None}
+            _check_format(fmt, choice, req.model, st.metrics)
             choices.append(choice)
             all_calls += calls
         usage = _usage(len(prompt), sum(len(r.ids) for r in gens))
@@ -461,14 +464,15 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                 "system_fingerprint": target.checkpoint, "choices": choices, "usage": usage}
         body, status = await st.approvals.hold(request, body, choices, trace_id)  # 200, or 202 pending approval
         finish([{"index": c["index"], "message": c["message"], "finish_reason": c["finish_reason"],
-                 **({"approvals": c["approvals"]} if "approvals" in c else {})} for c in choices], all_calls, usage)
+                 **{k: c[k] for k in ("approvals", "response_format_errors") if k in c}} for c in choices],
+               all_calls, usage)
         if held_stream:
             return st.approvals.as_stream(body, req, hdrs)
         return JSONResponse(body, status_code=status, headers=hdrs)
 
     async def _chat_stream(request: Request, target: Target, req: ChatCompletionRequest, gens: list[GenRequest],
-                           cid: str, created: int, tools_on: bool, finish: Any, forced: str = ""
-                           ) -> AsyncIterator[bytes]:
+                           cid: str, created: int, tools_on: bool, finish: Any, forced: str = "",
+                           fmt: AnswerCheck | None = None) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         for idx, r in enumerate(gens):
@@ -534,11 +538,15 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                             st.metrics.malformed(req.model)
                         fr = "tool_calls" if parsed_calls else (
                             "length" if r.finish_reason == "length" and r.stop_text_end is None else "stop")
-                        yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": fr}])
                         msg: dict[str, Any] = {"role": "assistant", "content": streams[i].content or None}
                         if parsed_calls:
                             msg["tool_calls"] = parsed_calls
                         choices_out[i] = {"index": i, "message": msg, "finish_reason": fr}
+                        last: dict[str, Any] = {"index": i, "delta": {}, "logprobs": None, "finish_reason": fr}
+                        # the format's verdict rides on the choice's last chunk
+                        if _check_format(fmt, choices_out[i], req.model, st.metrics):
+                            last["response_format_errors"] = choices_out[i]["response_format_errors"]
+                        yield chunk([last])
                         all_calls.extend(parsed_calls)
                         open_.discard(i)
             usage = _usage(len(gens[0].prompt), sum(len(r.ids) for r in gens))
@@ -719,6 +727,18 @@ def _args(raw: str) -> str:
 
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _check_format(fmt: AnswerCheck | None, choice: dict[str, Any], model: str, metrics: Metrics) -> bool:
+    """Add ``response_format_errors`` to a finished choice that should be JSON (a tool-call turn is not an answer
+    the format applies to) and count a violation; True when the choice was checked."""
+    if fmt is None or choice["message"].get("tool_calls"):
+        return False
+    errs = fmt.errors(choice["message"].get("content"))
+    choice["response_format_errors"] = errs
+    if errs:
+        metrics.response_format_violation(model)
+    return True
 
 
 def _assistant_message(text: str, tools_on: bool, parse: Any = parse_turn) -> tuple[dict[str, Any], list[dict], bool]:

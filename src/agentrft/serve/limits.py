@@ -58,6 +58,7 @@ class Metrics:
         self.completion_tokens: dict[str, int] = defaultdict(int)
         self.generated = 0  # tokens sampled by the engines (including cancelled requests)
         self.malformed_tool_calls: dict[str, int] = defaultdict(int)
+        self.response_format_violations: dict[str, int] = defaultdict(int)
         self.lat_counts: dict[str, list[int]] = {}
         self.lat_sum: dict[str, float] = defaultdict(float)
         self.lat_n: dict[str, int] = defaultdict(int)
@@ -81,6 +82,10 @@ class Metrics:
     def malformed(self, model: str, n: int = 1) -> None:
         with self._lock:
             self.malformed_tool_calls[model] += n
+
+    def response_format_violation(self, model: str) -> None:
+        with self._lock:
+            self.response_format_violations[model] += 1
 
     def latency(self, endpoint: str, seconds: float) -> None:
         with self._lock:
@@ -106,7 +111,9 @@ class Metrics:
                                    ("agentrft_completion_tokens_total", self.completion_tokens,
                                     "Completion tokens of answered requests."),
                                    ("agentrft_malformed_tool_calls_total", self.malformed_tool_calls,
-                                    "Assistant turns whose tool-call text did not parse (returned as content).")):
+                                    "Assistant turns whose tool-call text did not parse (returned as content)."),
+                                   ("agentrft_response_format_violations_total", self.response_format_violations,
+                                    "Choices whose text does not conform to the request's response_format.")):
                 out += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
                 for model, n in sorted(d.items()):
                     out.append(f'{name}{{model="{esc(model)}"}} {n}')

@@ -10,6 +10,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agentrft.serve.response_format import check_schema
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -91,6 +93,7 @@ class ResponseFormat(_Body):
             js = self.json_schema or {}
             if not isinstance(js.get("name"), str) or not isinstance(js.get("schema", {}), dict):
                 raise ValueError("json_schema needs a name and a schema object")
+            check_schema(js.get("schema", {}))  # a broken schema is the client's 400, not every answer "invalid"
         return self
 
 
