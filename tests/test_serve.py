@@ -391,3 +391,102 @@ def test_stream_never_sends_text_past_a_stop_string(client):
                                                       stop=stop, stream=True))
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == _chat(client, h.PLAIN, stop=stop).choices[0].message.content == "hello there".split(stop[0])[0]
+
+
+def test_a_malformed_tool_call_comes_back_as_content_and_is_counted(client, server):
+    """A call cut off before its closing tag (here by max_tokens) does not parse: the text is returned whole as
+    content, with no tool_calls, and agentrft_malformed_tool_calls_total counts it — streamed or not."""
+    def counted() -> int:
+        text = httpx.get(server.base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+        line = [x for x in text.splitlines() if x.startswith('agentrft_malformed_tool_calls_total{model="tool"}')]
+        return int(line[0].split()[-1]) if line else 0
+
+    before = counted()
+    r = _chat(client, h.ONE, tools=h.TOOLS, max_tokens=5)
+    ch = r.choices[0]
+    assert ch.message.content.startswith("<tool_call>") and not ch.message.tool_calls
+    assert ch.finish_reason == "length"
+    assert counted() == before + 1
+    chunks = list(client.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS, temperature=0,
+                                                  max_tokens=5, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ch.message.content and not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    assert counted() == before + 2
+
+
+SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
+
+
+def test_response_format_is_validated_and_each_answer_is_checked_against_it(client, server):
+    """Decoding is not constrained, so the server says per choice whether the answer conforms
+    (``response_format_errors``), in the answer, the stream's last chunk, the trace and the metrics; a schema that is
+    not a JSON schema is a 400."""
+    rf = {"type": "json_schema", "json_schema": {"name": "color", "schema": SCHEMA}}
+    raw = client.chat.completions.with_raw_response.create(model="tool", messages=h.PLAIN, temperature=0,
+                                                           max_tokens=20, response_format=rf,
+                                                           extra_headers={"X-Trace-Id": "rf-1"})
+    ch = raw.parse().choices[0]
+    assert ch.message.content == "hello there"  # the tiny model does not write JSON: reported, not hidden
+    assert ch.model_extra["response_format_errors"][0].startswith("not JSON")
+    chunks = list(client.chat.completions.create(model="tool", messages=h.PLAIN, temperature=0, max_tokens=20,
+                                                  response_format={"type": "json_object"}, stream=True))
+    last = [c for c in chunks if c.choices][-1].choices[0]
+    assert last.finish_reason == "stop" and last.model_extra["response_format_errors"][0].startswith("not JSON")
+    plain = _chat(client, h.PLAIN, max_tokens=20)  # no response_format: nothing to report
+    assert "response_format_errors" not in plain.choices[0].model_extra
+    tc = _chat(client, h.ONE, tools=h.TOOLS, response_format=rf)  # a tool-call turn is not a formatted answer
+    assert tc.choices[0].message.tool_calls and "response_format_errors" not in tc.choices[0].model_extra
+    server.state.traces.flush()
+    (t,) = server.state.store.traces(trace_id="rf-1")
+    assert t["params"]["response_format"] == rf and t["choices"][0]["response_format_errors"]
+    text = httpx.get(server.base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert 'agentrft_response_format_violations_total{model="tool"} 2' in text
+    with pytest.raises(openai.BadRequestError) as e:
+        _chat(client, h.PLAIN, response_format={"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object", "properties": {"color": {"type": "colour"}}}}})
+    assert e.value.body["param"].startswith("response_format") and "properties/color/type" in e.value.message
+
+
+def test_response_format_answer_check():
+    from agentrft.serve.protocol import ResponseFormat
+    from agentrft.serve.response_format import AnswerCheck
+
+    schema = AnswerCheck.of(ResponseFormat(type="json_schema", json_schema={"name": "c", "schema": SCHEMA}))
+    assert schema.errors('{"color": "red"}') == []
+    assert schema.errors('{"colour": "red"}') == ["(root): 'color' is a required property"]
+    assert schema.errors('{"color": 3}') == ["color: 3 is not of type 'string'"]
+    obj = AnswerCheck.of(ResponseFormat(type="json_object"))
+    assert obj.errors('{"a": 1}') == [] and obj.errors("[1]") == ["not a JSON object (a list)"]
+    assert obj.errors(None)[0].startswith("not JSON")
+    assert AnswerCheck.of(ResponseFormat(type="text")) is None and AnswerCheck.of(None) is None
+
+
+def test_a_template_that_cannot_render_the_messages_is_a_422(tool_model, tmp_path):
+    """Real templates refuse some conversations (a system message that is not first, roles out of order): that is
+    a 422 naming the template's reason, never a 500."""
+    import shutil
+
+    model = tmp_path / "strict"
+    shutil.copytree(tool_model, model)
+    cfg_path = model / "tokenizer_config.json"
+    tc = json.loads(cfg_path.read_text())
+    guard = ("{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+             "{{ raise_exception('System message must be at the beginning.') }}{% endif %}{% endfor %}")
+    if "chat_template" in tc:
+        tc["chat_template"] = guard + tc["chat_template"]
+        cfg_path.write_text(json.dumps(tc))
+    else:
+        jinja = model / "chat_template.jinja"
+        jinja.write_text(guard + jinja.read_text())
+    app = create_app(ServeConfig(model=str(model), model_name="strict", slots=2, record_traces=False))
+    try:
+        with BackgroundServer(app) as srv:
+            c = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
+            assert c.chat.completions.create(model="strict", messages=h.ONE, max_tokens=2).choices  # renders
+            with pytest.raises(openai.UnprocessableEntityError) as e:
+                c.chat.completions.create(model="strict", messages=h.PLAIN + [{"role": "system", "content": "late"}],
+                                          max_tokens=2)
+            assert e.value.body["param"] == "messages" and "System message must be at the beginning" in e.value.message
+            assert "Traceback" not in e.value.response.text
+    finally:
+        app.state.serve.close()
