@@ -92,3 +92,91 @@ def test_serve_config_from_a_serve_yaml_or_a_run_config(tmp_path, lookup_files):
         assert "slots" in str(e) and "serve.yaml" in str(e)
     else:
         raise AssertionError("slots: 0 was accepted")
+
+
+def test_the_openai_sdk_checklist_against_a_server_process(tiny_model, tmp_path_factory, tmp_path):
+    """Issue 15's client checks against `agentrft serve` as its own process (tests/test_serve.py runs them in depth on
+    a uvicorn thread of the test process, where it can also look at the server's state): models, tool calls and the
+    tool result round trip, tool-call deltas reassembled by the SDK, n > 1 and seeds, the error classes, and 16
+    concurrent clients."""
+    import json
+    import threading
+
+    import pytest
+    import yaml
+
+    tool = h.tool_model_dir(tiny_model, tmp_path_factory)
+    port = _free_port()
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tool), "model_name": "tool", "slots": 16, "token": "t0k",
+                                   "max_body_bytes": 64 * 1024, "record_traces": False}))
+    proc = subprocess.Popen([sys.executable, "-m", "agentrft.cli", "serve", "--config", str(cfg), "--port", str(port)],
+                            env=_env(AGENTRFT_TOKEN=""), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="t0k", max_retries=0, timeout=120)
+        assert [m.id for m in c.models.list().data] == ["tool"]
+        r = c.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS, temperature=0, max_tokens=60)
+        msg = r.choices[0].message
+        assert r.choices[0].finish_reason == "tool_calls" and json.loads(msg.tool_calls[0].function.arguments) == \
+            {"key": "K3"}
+        after = h.ONE + [msg.model_dump(exclude_none=True),
+                         {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "K3 is red"}]
+        assert c.chat.completions.create(model="tool", messages=after, tools=h.TOOLS, temperature=0,
+                                         max_tokens=60).choices[0].message.content == "ANSWER: red"
+        with c.chat.completions.stream(model="tool", messages=h.TWO, tools=h.TOOLS, temperature=0,
+                                       max_tokens=60) as s:
+            kinds = [e.type for e in s]
+            calls = s.get_final_completion().choices[0].message.tool_calls
+        assert "tool_calls.function.arguments.delta" in kinds
+        assert [json.loads(x.function.arguments) for x in calls] == [{"key": "K1"}, {"key": "K5"}]
+        odd = [{"role": "user", "content": "Tell me about K9 and the weather."}]
+        kw = dict(model="tool", messages=odd, temperature=2.0, max_tokens=12, n=3, seed=5)
+        a, b = c.chat.completions.create(**kw), c.chat.completions.create(**kw)
+        assert len(a.choices) == 3 and [x.message.content for x in a.choices] == [x.message.content for x in b.choices]
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model="nope", messages=h.PLAIN)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        r = httpx.get(url + "/v1/models")  # no token at all
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.APIStatusError) as e:
+            c.chat.completions.create(model="tool", messages=[{"role": "user", "content": "x" * 100_000}])
+        assert e.value.status_code == 413
+        with pytest.raises(openai.BadRequestError):
+            c.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS,
+                                      tool_choice={"type": "function", "function": {"name": "missing"}})
+        out: dict[int, object] = {}
+
+        def one(i: int) -> None:
+            try:
+                out[i] = openai.OpenAI(base_url=url + "/v1", api_key="t0k", max_retries=0, timeout=300).chat.\
+                    completions.create(model="tool", messages=h.ONE if i % 2 else h.PLAIN,
+                                       tools=h.TOOLS if i % 2 else None, temperature=0, max_tokens=30)
+            except Exception as e:  # noqa: BLE001 - asserted below
+                out[i] = e
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(out) == 16 and not [x for x in out.values() if isinstance(x, Exception)], out
+        for i, x in out.items():
+            if i % 2:
+                assert json.loads(x.choices[0].message.tool_calls[0].function.arguments) == {"key": "K3"}
+            else:
+                assert x.choices[0].message.content == "hello there"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
