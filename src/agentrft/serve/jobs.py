@@ -170,7 +170,8 @@ def mount_fine_tuning(app: FastAPI, state: Any, body_as: Any) -> None:
                          control=None, finished_at=now):
             st.add_job_event(job_id, "Job cancelled")
             _cancel_run(st, j)
-            notify_terminal(state, job_id)
+            # off the event loop: a slow receiver (10 s timeout) must not stall every other request of the server
+            await asyncio.to_thread(notify_terminal, state, job_id)
         else:
             st.update_job(job_id, expect_status=("running", "pausing"), control="cancel")
             st.add_job_event(job_id, "Cancellation requested; the worker stops the job after its current step")
