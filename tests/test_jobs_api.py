@@ -255,52 +255,81 @@ def test_graders_run_and_validate_answer_as_the_cli(client, tmp_path):
     assert got_bad["metadata"]["errors"]["formula_parse_error"] is True
 
 
-def test_terminal_webhook_is_signed_like_openais(client, files, server):
-    """A job reaching a terminal state is POSTed to the webhook URL with Standard Webhooks headers; the signature is
-    checked here independently (HMAC-SHA256 over "id.timestamp.body" with the base64-decoded whsec_ key)."""
-    import base64
-    import hmac
+@pytest.fixture
+def hook():
+    """A loopback receiver of webhooks: yields ``(url, got)``, ``got`` the (headers, body) of each POST."""
     from http.server import BaseHTTPRequestHandler
 
     from tool_servers.loopback import run_http_server
-
-    from agentrft.serve.job_worker import send_webhook
-    from agentrft.serve.jobs_config import JobsConfig
 
     got = []
 
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["content-length"]))
-            got.append((dict(self.headers), body))
+            got.append(({k.lower(): v for k, v in self.headers.items()}, body))
             self.send_response(200)
             self.end_headers()
 
         def log_message(self, *a):
             pass
 
-    key = b"0123456789abcdef0123456789abcdef"
-    job = client.fine_tuning.jobs.create(model="tool", training_file=files["train"], method=_rl())
-    client.fine_tuning.jobs.cancel(job.id)
     with run_http_server(Hook) as (url, _):
-        cfg = JobsConfig(webhook_url=url + "/hook", webhook_secret="whsec_" + base64.b64encode(key).decode())
-        send_webhook(cfg, server.state.store, job.id)
-    (headers, body), = got
-    headers = {k.lower(): v for k, v in headers.items()}
+        yield url + "/hook", got
+
+
+WEBHOOK_KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def _check_signed(headers: dict, body: bytes) -> dict:
+    """The Standard Webhooks check a receiver does, written here independently of the server's code: HMAC-SHA256
+    over "id.timestamp.body" with the base64-decoded whsec_ key."""
+    import base64
+    import hmac
+
     payload = json.loads(body)
-    assert payload["type"] == "fine_tuning.job.cancelled" and payload["data"]["id"] == job.id
     assert headers["webhook-id"] == payload["id"]
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    want = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    want = base64.b64encode(hmac.new(WEBHOOK_KEY, signed, hashlib.sha256).digest()).decode()
     assert headers["webhook-signature"] == f"v1,{want}"
-    # a webhook that cannot be delivered is a warning on the job, not an error
+    return payload
+
+
+def _with_webhook(server, url: str):
+    import base64
+
+    jobs = server.state.cfg.jobs.model_copy(update={
+        "webhook_url": url, "webhook_secret": "whsec_" + base64.b64encode(WEBHOOK_KEY).decode()})
+    return server.state.cfg.model_copy(update={"jobs": jobs})
+
+
+def test_terminal_webhook_is_signed_like_openais(files, server, hook):
+    """Cancelling a job through the API of a server with ``jobs.webhook_url`` POSTs ``fine_tuning.job.cancelled``,
+    signed; a webhook that cannot be delivered is a warning event on the job, not an error."""
+    from agentrft.serve.app import ServerState
+    from agentrft.serve.job_worker import send_webhook
+    from agentrft.serve.jobs_config import JobsConfig
+
+    url, got = hook
+    cfg = _with_webhook(server, url)
+    with BackgroundServer(create_app(cfg, state=ServerState(cfg, manager=server.state.manager))) as srv:
+        c = openai.OpenAI(base_url=srv.url, api_key=TOKEN, max_retries=0, timeout=120)
+        job = c.fine_tuning.jobs.create(model="tool", training_file=files["train"], method=_rl())
+        assert got == []  # only terminal states are sent
+        c.fine_tuning.jobs.cancel(job.id)
+    (headers, body), = got
+    payload = _check_signed(headers, body)
+    assert payload["type"] == "fine_tuning.job.cancelled" and payload["data"]["id"] == job.id
+    assert payload["object"] == "event" and payload["created_at"] == int(headers["webhook-timestamp"])
     send_webhook(JobsConfig(webhook_url="http://127.0.0.1:9/nothing"), server.state.store, job.id)
+    client = openai.OpenAI(base_url=server.url, api_key=TOKEN, max_retries=0, timeout=120)
     assert any(e.level == "warn" and "webhook" in e.message for e in client.fine_tuning.jobs.list_events(job.id).data)
 
 
-def test_a_job_that_fails_in_the_worker_reports_its_error(client, data, server, tmp_path):
+def test_a_job_that_fails_in_the_worker_reports_its_error(client, data, server, tmp_path, hook):
     """A model that is allowed but does not load: the job is accepted, the worker (in-process here) fails it with an
-    OpenAI error object and an error event; its files cannot be deleted while it is queued."""
+    OpenAI error object, an error event and a signed ``fine_tuning.job.failed`` webhook; its files cannot be deleted
+    while it is queued."""
     from agentrft.serve.job_worker import JobWorker
 
     broken = Path(server.state.cfg.jobs.allow_models[0])
@@ -311,7 +340,10 @@ def test_a_job_that_fails_in_the_worker_reports_its_error(client, data, server, 
     with pytest.raises(openai.ConflictError) as e:
         client.files.delete(train)
     assert job.id in e.value.body["message"]
-    JobWorker(server.state.store.url, jobs_cfg=server.state.cfg.jobs).serve(once=True)
+    JobWorker(server.state.store.url, jobs_cfg=_with_webhook(server, hook[0]).jobs).serve(once=True)
+    (headers, body), = hook[1]
+    payload = _check_signed(headers, body)
+    assert payload["type"] == "fine_tuning.job.failed" and payload["data"]["id"] == job.id
     job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "failed" and job.finished_at is not None and job.fine_tuned_model is None
     assert job.error.code == "training_error" and job.error.param == "model" and str(broken) in job.error.message
