@@ -149,6 +149,8 @@ def test_openai_rft_script_runs_unchanged(stack):
     # checkpoints, newest first, in the server's model ids
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in ckpts] == [2, 1, 0]
+    paged = list(client.fine_tuning.jobs.checkpoints.list(job.id, limit=1))  # the SDK follows `after`
+    assert [c.id for c in paged] == [c.id for c in ckpts]
     for c in ckpts:
         assert c.fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{c.step_number}"
         assert c.fine_tuning_job_id == job.id and c.metrics.step == c.step_number

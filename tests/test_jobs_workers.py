@@ -93,6 +93,8 @@ def test_pause_resume_kill_restart_resume(setup):
         assert client.fine_tuning.jobs.resume(job.id).status == "queued"
         wait_until(lambda: len(train_steps(st, run_id)) > len(at_pause), "a step after resuming")
         step1 = {t["trace_id"] for t in st.trajectories(run_id, step=1, split="train")}
+        running = client.fine_tuning.jobs.retrieve(job.id)  # >= 2 steps done: a finish time is extrapolated
+        assert running.status == "running" and running.estimated_finish >= running.created_at
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait(timeout=30)
         killed_at = train_steps(st, run_id)
