@@ -14,6 +14,9 @@ from agentrft.rollout.dialects import DIALECTS, dialect_for_template
 from agentrft.serve.streaming import ToolCallStream
 from dialect_templates import FIXTURES
 
+# every dialect's fixture, Hermes included (its family's shape is the ChatML tool template the tiny models carry)
+ALL = {**FIXTURES, "hermes": (CHATML_TOOLS, "<|im_end|>")}
+
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up a key.",
                                            "parameters": {"type": "object", "properties": {"key": {"type": "string"}}}}},
          {"type": "function", "function": {"name": "search", "description": "Search.",
@@ -52,10 +55,10 @@ def test_dialect_is_chosen_from_the_template():
     assert dialect_for_template(None).name == "hermes"
 
 
-@pytest.mark.parametrize("name", sorted(FIXTURES))
+@pytest.mark.parametrize("name", sorted(ALL))
 @pytest.mark.parametrize("calls", [CALLS, CALLS[:1]], ids=["parallel", "single"])
 def test_render_parse_round_trip(name, calls):
-    template, eos = FIXTURES[name]
+    template, eos = ALL[name]
     d = dialect_for_template(template)
     text = _turn_text(template, eos, calls)
     parsed = d.parse(text)
@@ -67,10 +70,10 @@ def test_render_parse_round_trip(name, calls):
             assert not other.parse(text).calls or other.name == name
 
 
-@pytest.mark.parametrize("name", sorted(FIXTURES))
+@pytest.mark.parametrize("name", sorted(ALL))
 @pytest.mark.parametrize("step", [1, 3, 7])
 def test_streamed_deltas_reassemble_to_the_same_calls(name, step):
-    template, eos = FIXTURES[name]
+    template, eos = ALL[name]
     d = dialect_for_template(template)
     text = _turn_text(template, eos, CALLS)
     s = ToolCallStream(True, d)
@@ -88,9 +91,9 @@ def test_streamed_deltas_reassemble_to_the_same_calls(name, step):
     assert not s.malformed
 
 
-@pytest.mark.parametrize("name", sorted(FIXTURES))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_plain_answers_and_malformed_calls(name):
-    template, eos = FIXTURES[name]
+    template, eos = ALL[name]
     d = dialect_for_template(template)
     text = _turn_text(template, eos, None, content="The answer is 42.")
     p = d.parse(text)
@@ -180,9 +183,9 @@ def test_rollout_with_the_qwen_xml_template_is_token_exact(tiny_model, tokenizer
         assert max(abs(lp[i] - t.logprobs[i]) for i in sampled) < 1e-4
 
 
-@pytest.mark.parametrize("name", sorted(FIXTURES) + ["hermes"])
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_forced_call_prefix_is_how_the_template_starts_a_call(name):
-    template, eos = FIXTURES[name] if name != "hermes" else (CHATML_TOOLS, "<|im_end|>")
+    template, eos = ALL[name]
     d = dialect_for_template(template)
     text = _turn_text(template, eos, CALLS[:1])
     assert text.startswith(d.forced_prefix(None)) and text.startswith(d.forced_prefix("lookup")), (text, d)
