@@ -117,6 +117,8 @@ def files(server, data):
                             "reference": "a", "operation": "sounds_like"})}, "method.reinforcement.grader", "operation"),
     ({"method": _rl(grader={"type": "multi", "name": "m", "graders": {"a": lt.GRADER},
                             "calculate_output": "a +* 2"})}, "method.reinforcement.grader", "calculate_output"),
+    ({"method": _rl(grader={"type": "endpoint", "name": "ep", "url": "ftp://grader"})}, "method.reinforcement.grader",
+     "http(s) URL"),
     ({"method": _rl(batch_size=0)}, "method.reinforcement.hyperparameters.batch_size", "positive"),
     ({"method": _rl(n_epochs="many")}, "method.reinforcement.hyperparameters.n_epochs", "integer"),
     ({"method": _rl(learning_rate_multiplier=-1.0)}, "method.reinforcement.hyperparameters.learning_rate_multiplier",
@@ -202,6 +204,16 @@ def test_create_maps_hyperparameters_and_warns_about_what_it_ignores(client, fil
         client.fine_tuning.jobs.resume(job.id)
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-nope")
+
+
+def test_an_endpoint_grader_goes_to_the_run_as_sent(client, files, server):
+    """Agent RFT's ``endpoint`` grader (our own service scoring each rollout) is the run's grader unchanged."""
+    g = {"type": "endpoint", "name": "ep", "url": "http://127.0.0.1:9/grade", "headers": {"Authorization": "Bearer x"},
+         "timeout_s": 30}
+    job = client.fine_tuning.jobs.create(model="tool", training_file=files["train"], method=_rl(grader=g))
+    assert server.state.store.get_job(job.id)["config"]["run_config"]["grader"] == g
+    assert job.method.reinforcement.grader.model_dump(exclude_none=True)["url"] == g["url"]
+    client.fine_tuning.jobs.cancel(job.id)
 
 
 def test_list_jobs_pages_newest_first(client, files):
