@@ -173,7 +173,8 @@ def test_openai_rft_script_runs_unchanged(stack):
         d = e.data
         assert d["total_steps"] == 2
         for k in ("train_mean_reward", "full_valid_mean_reward", "full_valid_mean_parse_error", "scores", "errors",
-                  "timing", "usage", "tool_calls_per_rollout"):
+                  "timing", "usage", "tool_calls_per_rollout", "tool_errors_per_rollout", "tool_latency_mean",
+                  "rollout_latency_mean"):
             assert k in d
         assert {g["name"] for g in d["scores"]["graders"]} >= {"lookup_shaped", "lookup_shaped.format"}
         assert set(d["timing"]["step"]) >= {"sampling", "training", "eval", "full_iteration"}
@@ -191,6 +192,7 @@ def test_openai_rft_script_runs_unchanged(stack):
         if train is not None:
             assert d["train_mean_reward"] == pytest.approx(train["reward_mean"])
             assert d["tool_calls_per_rollout"] == pytest.approx(train["tool_calls_per_traj"])
+            assert d["rollout_latency_mean"] > 0 and d["tool_errors_per_rollout"] >= 0
             assert d["timing"]["step"]["full_iteration"] == pytest.approx(train["time/full_iteration"])
             assert d["usage"]["samples"]["train_trajectories"] == train["trajectories"] == 2 * 2
         assert d["full_valid_mean_reward"] == pytest.approx(valid["reward_mean"])
