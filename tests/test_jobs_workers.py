@@ -155,3 +155,35 @@ def test_cancel_a_running_job(setup):
     finally:
         stop(worker)
         stop(server)
+
+
+def test_one_worker_runs_jobs_concurrency_jobs_at_once(setup):
+    """``agentrft worker --concurrency 2`` holds two jobs at the same time (one lease owner), and both finish."""
+    config, store_url = setup["config"], setup["store"]
+    port = free_port()
+    server = start_server(config, port)
+    worker = None
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+        jobs = [_create(client, setup["files"], setup["tools_url"], steps=3) for _ in range(2)]
+        st = RunStore(store_url)
+        log = open(config.parent / "workers.log", "ab")
+        worker = subprocess.Popen([sys.executable, "-m", "agentrft.cli", "worker", "--config", str(config),
+                                   "--concurrency", "2"], env=env(), stdout=log, stderr=subprocess.STDOUT)
+        owners: set = set()
+
+        def both_held() -> bool:
+            held = [st.get_job(j.id)["lease_owner"] for j in jobs]
+            owners.update(o for o in held if o)
+            return all(held)
+
+        wait_until(both_held, "both jobs held at once")
+        assert len(owners) == 1  # by the one worker process
+        for j in jobs:
+            done = wait_for(client, j.id, ("succeeded", "failed"))
+            assert done.status == "succeeded", done.error
+        st.close()
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)

@@ -125,6 +125,8 @@ class JobWorker:
         """Take and run jobs until stopped (``once``: until no job is waiting)."""
         hb = threading.Thread(target=self._heartbeat, daemon=True, name="agentrft-heartbeat")
         hb.start()
+        if concurrency > 1:
+            _warm_imports()
         threads = [threading.Thread(target=self._slot, args=(once,), daemon=True, name=f"agentrft-job-{i}")
                    for i in range(concurrency)]
         for t in threads:
@@ -436,6 +438,14 @@ class WorkerPool:
                     p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def _warm_imports() -> None:
+    """Resolve transformers' lazy attributes (and import peft) once, before job threads start: two threads importing
+    ``AutoModelForCausalLM`` from a fresh ``transformers`` at the same moment race in its lazy module, and one of them
+    gets "cannot import name 'AutoModelForCausalLM'" — every job of ``--concurrency 2`` but one failed that way."""
+    import peft  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
 
 def _worker_config_dir(cfg: Any) -> Path:
