@@ -107,7 +107,7 @@ def stack(tiny_model, tmp_path_factory):
         proc = start_server(config, port)
         try:
             yield {"url": f"http://127.0.0.1:{port}/v1", "store": store, "files": files, "tools_url": tools_url,
-                   "root": root}
+                   "root": root, "proc": proc}
         finally:
             stop(proc)
 
@@ -245,3 +245,33 @@ def test_supervised_then_reinforcement_chained_through_fine_tuned_model(stack):
     r = client.chat.completions.create(model=job.fine_tuned_model, messages=h.ONE, tools=h.TOOLS, temperature=0,
                                        max_tokens=40)
     assert r.model == job.fine_tuned_model and r.choices[0].finish_reason in ("tool_calls", "stop", "length")
+
+
+def _worker_children(pid: int) -> set[int]:
+    """The job-worker processes whose parent is ``pid`` (read from /proc)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid and b"agentrft.serve.job_worker" in cmd:
+            out.add(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_the_server_restarts_a_worker_that_dies(stack):
+    """``jobs.workers`` processes are kept running: one SIGKILLed is replaced by a new one."""
+    import signal
+
+    (old,) = _worker_children(stack["proc"].pid)
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not (_worker_children(stack["proc"].pid) - {old}):
+        assert time.monotonic() < deadline, "no new worker"
+        time.sleep(0.3)
+    assert len(_worker_children(stack["proc"].pid)) == 1
