@@ -86,6 +86,10 @@ def test_store_checkpoints_served_by_id_and_new_ones_without_restart(env, tmp_pa
             store.add_registry_entry(run, f"{run}:step-5", status="promoted", evidence={}, grader_versions={})
             assert "production" in [m.id for m in c.models.list().data]
             assert _ids(c, "production", p) == (env["want"]["a"], f"{run}:step-5")
+            assert "candidate" not in [m.id for m in c.models.list().data]
+            store.add_registry_entry(run, f"{run}:step-10", status="candidate", evidence={}, grader_versions={})
+            assert _ids(c, "candidate", p) == (env["want"]["b"], f"{run}:step-10")
+            assert _ids(c, "production", p) == (env["want"]["a"], f"{run}:step-5")  # each alias its own entry
             for bad in (f"{stem}:ckpt-step-1", f"{stem}:ckpt-step-99", f"ft:tool:wrong:{run}",
                         f"ft:tool:other-base:{other}", "ft:other:my-job:" + run):
                 with pytest.raises(openai.NotFoundError):
