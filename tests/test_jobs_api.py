@@ -206,6 +206,25 @@ def test_create_maps_hyperparameters_and_warns_about_what_it_ignores(client, fil
         client.fine_tuning.jobs.retrieve("ftjob-nope")
 
 
+def test_every_hyperparameter_auto_becomes_the_documented_value(client, files, server):
+    """docs/openai-api.md's "auto" column, on 6 training rows: batch_size min(8, rows), n_epochs 1, multiplier 1.0
+    (the base rate), compute_multiplier 1.0 -> 4 rollouts per task, eval_interval ceil(steps / 5), eval_samples 1;
+    reasoning_effort "auto" has nothing to apply, so no warning."""
+    auto = {k: "auto" for k in ("batch_size", "n_epochs", "learning_rate_multiplier", "compute_multiplier",
+                                "eval_interval", "eval_samples", "reasoning_effort")}
+    job = client.fine_tuning.jobs.create(model="tool", training_file=files["train"], validation_file=files["valid"],
+                                         method=_rl(**auto))
+    stored = server.state.store.get_job(job.id)
+    ours = stored["config"]["run_config"]["hyperparameters"]
+    assert (ours["batch_size"], ours["n_epochs"], ours["group_size"], ours["eval_interval"], ours["eval_samples"]) \
+        == (6, 1, 4, 1, 1)
+    assert ours["learning_rate"] == pytest.approx(stored["config"]["base_learning_rate"]) and stored["total_steps"] == 1
+    hp = job.method.reinforcement.hyperparameters
+    assert (hp.batch_size, hp.n_epochs, hp.compute_multiplier, hp.eval_samples) == (6, 1, 1.0, 1)
+    assert not [e.message for e in client.fine_tuning.jobs.list_events(job.id).data if e.level == "warn"]
+    client.fine_tuning.jobs.cancel(job.id)
+
+
 def test_an_endpoint_grader_goes_to_the_run_as_sent(client, files, server):
     """Agent RFT's ``endpoint`` grader (our own service scoring each rollout) is the run's grader unchanged."""
     g = {"type": "endpoint", "name": "ep", "url": "http://127.0.0.1:9/grade", "headers": {"Authorization": "Bearer x"},
