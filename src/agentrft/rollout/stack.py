@@ -58,8 +58,10 @@ def load_policy(ref: str | Path) -> Policy:
         raise ModelLoadError(f"model {ref!r}: {why}")
     try:
         model, tok = load_model_and_tokenizer(ref)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"model {ref!r}: cannot load: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 — corrupt weights raise the loader's own types (SafetensorError,
+        # RuntimeError on shape mismatch, KeyError, ...): each is a model that cannot load, named, not a traceback
+        first = (str(e).splitlines() or [""])[0] or type(e).__name__
+        raise ModelLoadError(f"model {ref!r}: cannot load: {first}") from None
     return Policy(ref, model, tok, ChatRenderer(tok))
 
 
