@@ -106,9 +106,28 @@ def _expanded_size(root: Any, max_nodes: int, max_depth: int) -> None:
             continue
         if len(on_path) > max_depth:
             raise BoundsError(f"nested more than {max_depth} levels deep")
+        if isinstance(node, MappingNode):
+            _no_duplicate_keys(node)
         on_path.add(key)
         stack.append((node, True))
         stack.extend((k, False) for k in _children(node) if id(k) not in size)
+
+
+def _no_duplicate_keys(node: Any) -> None:
+    """A key written twice in one mapping is a YAML error at the second one's line: PyYAML keeps the last silently,
+    so ``model: a`` … ``model: b`` trained ``b`` with nobody told (YAML 1.2 says keys must be unique)."""
+    import yaml
+    from yaml.nodes import ScalarNode
+
+    seen: dict[tuple[str, str], Any] = {}
+    for k, _ in node.value:
+        if not isinstance(k, ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+            continue
+        first = seen.setdefault((k.tag, k.value), k)
+        if first is not k:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {k.value!r} appears twice in one mapping (first on line "
+                f"{first.start_mark.line + 1}); remove one", k.start_mark)
 
 
 def _children(node: Any) -> list[Any]:
