@@ -22,6 +22,9 @@ _SECRET_KEY = re.compile(r"^(?:.*[_-])?(?:api[_-]?key|(?:access|secret|private|c
                          r"passwd|pwd|auth|authorization|credentials?|cookie|bearer)$", re.IGNORECASE)
 _SECRET_MAPS = ("headers", "env", "environment", "cookies")
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^@/\s]+)(?P<tail>@)")
+# a query parameter of a URL: ``?api_key=…`` / ``&token=…`` (the value up to the next ``&``, ``#``, space or quote)
+_QUERY_SECRETS = ("key", "sig", "signature")  # Google's ?key=, signed URLs' ?sig= (names safe only in a query)
+_URL_QUERY = re.compile(r"(?P<head>[?&;](?P<key>[^=&#\s]+)=)(?P<value>[^&#\s'\"]*)")
 
 
 def redact_value(value: Any) -> str:
@@ -36,12 +39,26 @@ def redact_value(value: Any) -> str:
 
 
 def redact_url(text: str) -> str:
-    """``scheme://user:password@host…`` with the password replaced (a ``${VAR}`` password is kept as written)."""
+    """``scheme://user:password@host…`` with the password replaced, and the value of every query parameter whose
+    name names a secret (``?api_key=…``, ``&access_token=…``); a ``${VAR}`` value is kept as written."""
     def sub(m: re.Match) -> str:
         pw = m.group("pw")
         return m.group(0) if ENV_REF.fullmatch(pw) else m.group("head") + "***" + m.group("tail")
 
-    return _URL_PASSWORD.sub(sub, text)
+    def query(m: re.Match) -> str:
+        value = m.group("value")
+        key = m.group("key")
+        if not value or ENV_REF.fullmatch(value) or not (is_secret_key(key) or key.lower() in _QUERY_SECRETS):
+            return m.group(0)
+        return m.group("head") + "***"
+
+    text = _URL_PASSWORD.sub(sub, text)
+    return _URL_QUERY.sub(query, text) if "://" in text and "=" in text else text
+
+
+def redact_text(text: str) -> str:
+    """A message about to be printed with every URL in it redacted (:func:`redact_url`)."""
+    return redact_url(text) if "://" in text else text
 
 
 def is_secret_key(key: Any) -> bool:
@@ -74,6 +91,6 @@ def redact_config(data: Any, _memo: dict[int, Any] | None = None) -> Any:
         memo[id(data)] = (data, lst)
         lst.extend(redact_config(v, memo) for v in data)
         return lst
-    if isinstance(data, str) and "://" in data and "@" in data:
+    if isinstance(data, str) and "://" in data and ("@" in data or "=" in data):
         return redact_url(data)
     return data

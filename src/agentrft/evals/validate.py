@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from agentrft.config import ConfigError, RunConfig, load_config
 from agentrft.data import DatasetError, load_dataset
 from agentrft.graders.base import build_grader
+from agentrft.redact import redact_text, redact_url
 from agentrft.tools.router import build_router
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -115,7 +116,8 @@ def validate(config: str | Path, *, probe_timeout_s: float = 3.0) -> Validation:
         if isinstance(url, str):
             why = probe(url, probe_timeout_s)
             if why:
-                v.problems.append(f"tools[{i}] ({getattr(entry, 'name', '?')}): server_url {url}: unreachable: {why}")
+                v.problems.append(f"tools[{i}] ({getattr(entry, 'name', '?')}): server_url {redact_url(url)}: "
+                                  f"unreachable: {redact_text(why)}")
 
     graders = [("grader", cfg.grader)] + [(f"holdout_graders.{n}", {"name": n, **s})
                                           for n, s in cfg.holdout_graders.items()]
@@ -129,7 +131,7 @@ def validate(config: str | Path, *, probe_timeout_s: float = 3.0) -> Validation:
         for path, url in endpoint_graders(spec, where):
             why = probe(url, probe_timeout_s)
             if why:
-                v.problems.append(f"{path}.url {url}: unreachable: {why}")
+                v.problems.append(f"{path}.url {redact_url(url)}: unreachable: {redact_text(why)}")
 
     known = router.names if router is not None and router.names else None
     loaded = {}
