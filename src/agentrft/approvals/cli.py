@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True, help="The production approval queue: tool calls held for a person.")
 
@@ -96,7 +97,7 @@ def _decide(approval_id: int, decision: str, by: Optional[str], reason: str, con
         try:
             a = st.decide_approval(approval_id, decision, decided_by=who, reason=reason)
         except (StoreError, ValueError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         finally:
             st.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
@@ -35,17 +36,17 @@ def user_errors() -> Iterator[None]:
         yield
     except (ConfigError, DatasetError, PolicyError, PromotionError, GraderSpecError, StoreError, ValueError,
             FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
 
 
 def _gate_table(rep) -> Table:
-    t = Table(title=f"{rep.checkpoint['id']} — {'PROMOTED' if rep.promoted else 'REFUSED'}")
+    t = Table(title=escape(f"{rep.checkpoint['id']} — {'PROMOTED' if rep.promoted else 'REFUSED'}"))
     for c in ("gate", "result", "detail"):
         t.add_column(c)
     for g in rep.gates:
         res = "pass" if g.passed else ("waived" if g.waived else "FAIL")
-        t.add_row(g.gate, res, g.detail)
+        t.add_row(escape(g.gate), res, escape(str(g.detail)))
     return t
 
 
@@ -108,7 +109,8 @@ def registry(
         d = (e["evidence"].get("intervals") or {}).get("reward")
         lift = f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d else "-"
         graders = ", ".join(f"{k}@{v[:8]}" for k, v in sorted(e["grader_versions"].items()))
-        t.add_row(str(e["id"]), e["status"], e["checkpoint_id"], lift, graders, str(e["created_at"])[:19])
+        t.add_row(str(e["id"]), e["status"], escape(str(e["checkpoint_id"])), escape(lift), escape(graders),
+                  str(e["created_at"])[:19])
     console.print(t)
 
 

@@ -142,11 +142,11 @@ def status(name: str = typer.Argument(...), as_json: bool = typer.Option(False, 
                       f"(n={k['feedback_n']}); {graders}", highlight=False)
     last = s["state"].get("last_look") or s["state"].get("last_decision")
     if last:
-        console.print(f"  last look: {last.get('action')} {last.get('reason', '')}", highlight=False)
+        console.print(f"  last look: {last.get('action')} {last.get('reason', '')}", highlight=False, markup=False)
     for e in s["events"]:
         reason = (e["data"] or {}).get("reason", "")
         console.print(f"  {e['created_at'][:19]} {e['kind']:<11} {e['mode']:<6} weight {e['weight']:.2f} "
-                      f"{e['actor']} {reason}", highlight=False)
+                      f"{e['actor']} {reason}", highlight=False, markup=False)  # actor, reason: user text
 
 
 @app.command("advance")

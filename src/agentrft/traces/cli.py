@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True, help="Production traces: export them back into training data.")
 
@@ -62,14 +63,14 @@ def export_cmd(
             spec.check()
             hook = load_hook(redact) if redact else None
         except ValueError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         redactor = Redactor(hook, default=not no_default_redaction, hook_name=redact or "")
         st = _open(config, store, write=False)
         try:
             report = export(st, spec, redactor)
         except ValueError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         finally:
             st.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 err = Console(stderr=True)
@@ -51,10 +52,10 @@ def register(app: typer.Typer) -> None:
                                      "(default runs/agentrft.db not found)")
                 st = RunStore.for_path(default)
         except (ConfigError, StoreError, ValueError, OSError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         except Exception as e:  # noqa: BLE001 — a store URL that cannot be opened (driver missing, refused)
-            err.print(f"[bold red]error:[/] cannot open the store: {type(e).__name__}: {e}", highlight=False)
+            err.print(f"[bold red]error:[/] cannot open the store: {type(e).__name__}: {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         shown = "[::1]" if host == "::1" else host
         err.print(f"dashboard on http://{shown}:{port}/ui/{'?token=…' if token else ''} over {st.url}", highlight=False)
