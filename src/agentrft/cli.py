@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
+from rich.markup import escape  # user text (run names, paths, messages) is never read as markup
 from rich.console import Console
 from rich.table import Table
 
@@ -55,22 +56,37 @@ def user_errors() -> Iterator[None]:
     from agentrft.policy.remote_sampler import RemoteEngineError  # the remote sampler's engine (docs/gpu.md)
     from agentrft.rl.trainer import TrainingError
     from agentrft.rollout.stack import ModelLoadError
+    from agentrft.redact import redact_text  # a URL's password or ?api_key= in a message is not echoed
     from agentrft.store import StoreError
 
     try:
         yield
     except (ConfigError, DatasetError, GraderSpecError, TrainingError, ModelLoadError, StoreError,
             RemoteEngineError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
         raise typer.Exit(2) from None
     except FileNotFoundError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
         raise typer.Exit(2) from None
     except OSError as e:  # a full disk, a read-only or unwritable output directory: the OS's words and the path
-        from rich.markup import escape
-
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def output_file(path: Path, option: str) -> None:
+    """Check, before any work, that ``path`` can be written as an output file: its directory is made if missing;
+    a directory at ``path``, a file where a directory should be or an unwritable directory is an error naming
+    ``option`` (a file written after an hour of work must not fail at the end with a traceback)."""
+    from agentrft.config import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot create its directory {path.parent}: {e.strerror or e}") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path}: not writable")
 
 
 def _quiet_libraries() -> None:
@@ -155,7 +171,7 @@ def eval_cmd(
                               "model), or a run of the store: RUN (its best checkpoint), RUN:latest, RUN:step-N"),
     data: Path = typer.Option(..., "--data", help="JSONL to evaluate on"),
     config: Path = typer.Option(..., "--config", help="run config (tools, grader, sampling settings)"),
-    samples: Optional[int] = typer.Option(None, help="samples per item (default: eval_samples)"),
+    samples: Optional[int] = typer.Option(None, min=1, help="samples per item (default: eval_samples)"),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="evaluate the first N rows only "
                                            "(default: hyperparameters.eval_rows, else all)"),
     out: Optional[Path] = typer.Option(None, help="also write the metrics as JSON here"),
@@ -166,11 +182,14 @@ def eval_cmd(
     from agentrft.evals.run_eval import run_eval
 
     with user_errors():
+        if out:
+            output_file(out, "--out")  # before the eval: a bad path must not cost the whole evaluation
         cfg = load_config(config)
         run_id, metrics = run_eval(cfg, model=model, data=data, samples=samples, max_rows=max_rows, console=err)
     _print_metrics(metrics, title=f"eval of {model} on {data.name} (run {run_id})")
     if out:
-        out.write_text(json.dumps(metrics, indent=2))
+        with user_errors():
+            out.write_text(json.dumps(metrics, indent=2))
 
 
 @app.command()
@@ -245,7 +264,7 @@ def runs(
         t.add_column(c, overflow="fold")  # ids and paths wrap onto the next line instead of being cut
     for r in rows:
         best = r.get("best_valid_reward")
-        t.add_row(r["id"], r.get("name") or "", display_status(r), str(r.get("base_model") or ""),
+        t.add_row(escape(r["id"]), escape(r.get("name") or ""), display_status(r), escape(str(r.get("base_model") or "")),
                   str(r.get("latest_step") if r.get("latest_step") is not None else "-"),
                   f"{best:.3f}" if isinstance(best, (int, float)) else "-", str(r.get("created_at") or "")[:19])
     console.print(t)
@@ -273,19 +292,19 @@ def show(
         st = _store(config, store)
         info = st.get_run(run)
         if info is None:
-            err.print(f"[bold red]error:[/] no run {run!r} in the store")
+            err.print(f"[bold red]error:[/] no run {escape(repr(run))} in the store", highlight=False)
             raise typer.Exit(2)
         rows = st.step_metrics(info["id"])
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return
-    t = Table(title=f"{info['id']} ({display_status(info)})")
+    t = Table(title=escape(f"{info['id']} ({display_status(info)})"))
     t.add_column("step")
     t.add_column("split", overflow="fold")
     for _, label in SHOW_COLUMNS:
         t.add_column(label, justify="right", overflow="fold")  # a narrow terminal wraps figures, never cuts them
     for r in rows:
-        t.add_row(str(r["step"]), r["split"], *[_fmt(r.get(k)) for k, _ in SHOW_COLUMNS])
+        t.add_row(str(r["step"]), escape(str(r["split"])), *[_fmt(r.get(k)) for k, _ in SHOW_COLUMNS])
     console.print(t)
 
 
@@ -298,11 +317,11 @@ def _fmt(v: Any) -> str:
 
 
 def _print_metrics(m: dict[str, Any], title: str) -> None:
-    t = Table(title=title)
+    t = Table(title=escape(title))
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in m.items():
-        t.add_row(k, _fmt(v))
+        t.add_row(escape(str(k)), escape(_fmt(v)))
     console.print(t)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
@@ -35,8 +36,8 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, DatasetError, GraderSpecError, AuditError, StoreError, ValueError, FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+    except (ConfigError, DatasetError, GraderSpecError, AuditError, StoreError, ValueError, OSError) as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)  # OSError: an --out that is a file, …
         raise typer.Exit(2) from None
 
 
@@ -103,7 +104,7 @@ def check(
         for c in ("split", "items", "reward", "floor", "ceiling", "zero-var", "grader err", "nondet"):
             t.add_column(c, justify="right")
         for name, s in rep["splits"].items():
-            t.add_row(name, str(s["items"]), f"{s['reward_mean']:.3f}", f"{s['floor_share']:.0%}",
+            t.add_row(escape(str(name)), str(s["items"]), f"{s['reward_mean']:.3f}", f"{s['floor_share']:.0%}",
                       f"{s['ceiling_share']:.0%}", f"{s['zero_variance_share']:.0%}", f"{s['grader_error_rate']:.1%}",
                       f"{s.get('nondeterminism', 0):.1%}")
         console.print(t)
@@ -113,9 +114,10 @@ def check(
                           f"{c['headroom_mean']:.2f}), {c['all_passed']} always solved, {c['all_failed']} never "
                           f"solved (retired after {c['retire_after']} such groups)", highlight=False)
         for r in rep["reasons"]:
-            console.print(f"[bold red]no-go[/] {r['code']}: {r['message']}\n   fix: {r['fix']}", highlight=False)
+            console.print(f"[bold red]no-go[/] {r['code']}: {escape(str(r['message']))}\n   fix: {escape(str(r['fix']))}",
+                          highlight=False)
         for w in rep["warnings"]:
-            console.print(f"[yellow]warning[/] {w['code']}: {w['message']}", highlight=False)
+            console.print(f"[yellow]warning[/] {w['code']}: {escape(str(w['message']))}", highlight=False)
         console.print(f"report: {out}/report.md" + (f" (run {rep['run_id']})" if rep.get("run_id") else ""))
     raise typer.Exit(0 if rep["verdict"] == "go" else 1)
 
@@ -143,12 +145,12 @@ def compare(
                              progress=not no_progress, console=err)
     for ds, entry in rep["datasets"].items():
         for label, comp in entry["comparisons"].items():
-            t = Table(title=f"{ds}: {label} vs {entry['baseline']}")
+            t = Table(title=escape(f"{ds}: {label} vs {entry['baseline']}"))
             for c in ("metric", "baseline", "candidate", "Δ", "95% CI", "sig"):
                 t.add_column(c, justify="right")
             for m, d in comp["metrics"].items():
-                t.add_row(m, f"{d['a']:.3f}", f"{d['b']:.3f}", f"{d['diff']:+.3f}",
-                          f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", "*" if d["significant"] else "")
+                t.add_row(escape(str(m)), f"{d['a']:.3f}", f"{d['b']:.3f}", f"{d['diff']:+.3f}",
+                          escape(f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"), "*" if d["significant"] else "")
             console.print(t)
             console.print(f"items improved {comp['improved']}, worsened {comp['worsened']}, unchanged "
                           f"{comp['unchanged']}")
@@ -174,11 +176,12 @@ def monitor(
     if as_json:
         console.print_json(json.dumps(alerts))
     else:
-        t = Table(title=f"monitor alerts — {rid}")
+        t = Table(title=escape(f"monitor alerts — {rid}"))
         for c in ("step", "split", "signal", "value", "threshold", "message"):
             t.add_column(c)
         for a in alerts:
-            t.add_row(str(a["step"]), a["split"], a["signal"], f"{a['value']:.3f}", f"{a['threshold']:.3f}", a["message"])
+            t.add_row(str(a["step"]), escape(str(a["split"])), escape(str(a["signal"])), f"{a['value']:.3f}",
+                      f"{a['threshold']:.3f}", escape(str(a["message"])))
         console.print(t if alerts else "no alerts")
     raise typer.Exit(1 if alerts else 0)
 
@@ -186,7 +189,7 @@ def monitor(
 @audit_app.command("export")
 def audit_export(
     run: str = typer.Argument(..., help="run id or unique prefix"),
-    n: int = typer.Option(10, "-n", help="trajectories per checkpoint"),
+    n: int = typer.Option(10, "-n", min=1, help="trajectories per checkpoint"),
     step: List[int] = typer.Option([], "--step", help="steps to draw from (default: every checkpoint)"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("audits"), help="output directory"),
@@ -234,7 +237,7 @@ def audit_import(
         res = import_verdicts(open_store(config, store), file, reviewer=reviewer)
     console.print(f"recorded {res['recorded']}, skipped {res['skipped']} without a verdict")
     for e in res["errors"]:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
     raise typer.Exit(2 if res["errors"] else 0)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from agentrft.graders.answers import normalize_sample, run_output, spec_error_output  # shared with serve/jobs.py
 from agentrft.graders.base import GraderSpecError, build_grader
@@ -130,6 +131,14 @@ def batch(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from agentrft.cli import output_file
+    from agentrft.config import ConfigError
+
+    if output:
+        try:
+            output_file(output, "--output")  # before grading: a bad path must not cost the whole batch
+        except ConfigError as e:
+            _die(str(e))
     spec = _load_json(grader, "grader")
     try:
         g = build_grader(spec)
@@ -209,7 +218,7 @@ def batch(
         "grades_per_s": round(len(graded) / elapsed, 1) if elapsed > 0 else None,
     }
     for r in bad[:10]:
-        console.print(f"[red]{r['error']}[/red]")
+        console.print(f"[red]{escape(str(r['error']))}[/red]", highlight=False)
     console.print_json(json.dumps(summary))
     if bad:
         raise typer.Exit(1)

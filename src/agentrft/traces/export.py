@@ -29,6 +29,7 @@ or after redaction) is already in a ``dedupe_against`` file, or earlier in this 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -75,6 +76,12 @@ class ExportSpec:
         if self.arm not in (None, "production", "candidate"):
             raise ValueError(f"--arm must be production or candidate (shadow answers are never exported as "
                              f"served); got {self.arm!r}")
+        for opt, v in (("--min-score", self.min_score), ("--max-score", self.max_score)):
+            if v is not None and not math.isfinite(v):  # NaN matches nothing: an empty export, said nowhere
+                raise ValueError(f"{opt} must be a finite number; got {v}")
+        for opt, path in (("--rows", self.rows), ("--demos", self.demos)):
+            if path and Path(path).is_dir():
+                raise ValueError(f"{opt} {path}: is a directory; give a file path")
         for key, src in self.reference_from.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or key in ("messages", "tools"):
                 raise ValueError(f"--reference-from {key}={src}: the key must be a plain name other than messages "
@@ -90,7 +97,10 @@ def parse_time(raw: str, *, now: datetime | None = None) -> datetime:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", raw)
     if m:
         unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return now - timedelta(**{unit: float(m.group(1))})
+        try:
+            return now - timedelta(**{unit: float(m.group(1))})
+        except OverflowError:  # '99999999d' is before year 1
+            raise ValueError(f"{raw!r}: an age too large to be a time") from None
     try:
         t = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
     except ValueError:
