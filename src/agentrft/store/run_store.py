@@ -23,6 +23,7 @@ import math
 import os
 import secrets
 import time
+import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,6 +213,13 @@ class RunStore(JobStore, DeploymentStore, LedgerStore):
             self.engine = self.engine.execution_options(postgresql_readonly=True)
         if self.is_sqlite:
             _sqlite_setup(self.engine, busy_timeout_s, readonly=self.readonly)
+            if self.readonly and not memory and not db.startswith("file:"):
+                # a read-only open of a WAL store makes its -wal/-shm files when they are missing and cannot remove
+                # them; tidy them when this store is closed or collected, or at exit (the CLI never closes it)
+                path = Path(db).expanduser()
+                absent = [p for p in _wal_files(path) if not p.exists()]
+                if absent:
+                    weakref.finalize(self, _tidy_wal_files, self.engine, path, absent)
         self._writer = self.engine.execution_options(agentrft_write=True)
         with self._errors():
             if mode == "create":
@@ -833,6 +841,8 @@ def _check_sqlite_file(path: Path, mode: str, where: str) -> None:
     read mode gives SQLite's unhelpful 'unable to open database file')."""
     if path.is_dir():
         raise StoreError(f"store {where} is a directory, not a SQLite file")
+    if path.exists() and not path.is_file():  # a FIFO blocks the open forever; a device or socket is no store
+        raise StoreError(f"store {where} is not a regular file (a pipe, device or socket), not a SQLite file")
     if mode != "create":
         if not path.exists():
             what = "nothing was created" if mode == "read" else "nothing to resume; nothing was created"
@@ -845,6 +855,33 @@ def _check_sqlite_file(path: Path, mode: str, where: str) -> None:
         raise StoreError(f"cannot create the store's directory {parent}: {e.strerror or e}") from None
     if not parent.is_dir():
         raise StoreError(f"cannot create store {where}: {parent} is not a directory")
+
+
+def _wal_files(path: Path) -> list[Path]:
+    return [path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def _tidy_wal_files(engine: Engine, path: Path, absent: list[Path]) -> None:
+    """Remove the empty ``-wal``/``-shm`` files a read-only open created, the way SQLite does: the last connection
+    to close a WAL database deletes them, and a read-only one is not allowed to. So one ordinary connection is
+    opened and closed; if another process has the store open it is not the last one and SQLite leaves the files
+    to that process. The database file itself is not changed (an empty WAL has nothing to checkpoint). Best
+    effort: a read-only directory or any error leaves things as they are."""
+    import sqlite3
+
+    engine.dispose()  # our own read connections first, or ours would not be the last one
+    try:
+        wal = path.with_name(path.name + "-wal")
+        if not any(p.exists() for p in absent) or (wal.exists() and wal.stat().st_size) or \
+                not os.access(path.parent, os.W_OK):
+            return
+        con = sqlite3.connect(str(path), timeout=0.1)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except Exception:  # noqa: BLE001 — tidying is a courtesy; it never turns a read into an error
+        pass
 
 
 def _readonly_sqlite_connect(path: Path, busy_timeout_s: float):  # noqa: ANN202
