@@ -65,9 +65,10 @@ class SignalWatch:
     raises ``error(message)`` once ``limit`` of them in a row were seen (``limit`` 0: never)."""
 
     def __init__(self, limit: int, error: Callable[[str], Exception]):
-        self.limit, self.error, self.run = limit, error, 0
+        self.limit, self.error, self.run, self.seen = limit, error, 0, 0
 
     def observe(self, step: int, trajs: Sequence[Trajectory]) -> str | None:
+        self.seen += 1
         if any(t.advantage is not None for t in trajs):
             self.run = 0
             return None
@@ -81,3 +82,12 @@ class SignalWatch:
                 "tell answers apart, and the prompts fit the context")
         return (f"[signal] step {step}: no trainable signal ({self.run}/{self.limit or '∞'} before the run "
                 f"stops): {why}")
+
+    def final_warning(self) -> str | None:
+        """At the end of a run that was not stopped: a warning when *every* step it ran had no signal (a run shorter
+        than ``limit``, or ``limit`` 0) — the policy never changed, which the run's success must not hide."""
+        if self.seen and self.run == self.seen:
+            return (f"[signal] none of the {self.seen} train steps of this run had trainable signal: the policy was "
+                    "never updated (every group had equal rewards or every rollout was dropped; see the [signal] "
+                    "lines above)")
+        return None

@@ -291,8 +291,8 @@ class Trainer:
                   "the last checkpoint)")
 
     def _say(self, msg: str) -> None:
-        if self.console is not None:
-            self.console.print(msg)
+        if self.console is not None:  # plain text: a '[store]' prefix or a '[/x]' in an error is not markup
+            self.console.print(msg, markup=False, highlight=False)
 
     # ---- main loop ---------------------------------------------------------------------------------
     def run(self) -> str:
@@ -306,6 +306,9 @@ class Trainer:
         beat = Heartbeat(self.store, self.run_id).start()  # a killed run shows as interrupted once it stops
         try:
             self._train()
+            last = None if self.paused else self._signal.final_warning()
+            if last:
+                self._warn(last)
         except KeyboardInterrupt:
             set_status_quietly(self.store, self.run_id, "cancelled")
             raise
