@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agentrft import bounded
 from agentrft.rollout.parse import parse_turn
 from agentrft.rollout.render import TemplateError
 from agentrft.serve.approvals import ApprovalHold
@@ -197,8 +198,10 @@ def create_app(cfg: ServeConfig, *, state: ServerState | None = None) -> FastAPI
                                code="request_too_large")
             chunks.append(chunk)
         raw = b"".join(chunks)
-        try:
-            data = json.loads(raw)
+        try:  # bounded: 5,000 levels of '[' was a RecursionError and a 500 with a traceback in the log
+            data = bounded.loads_json(raw)
+        except bounded.BoundsError as e:
+            raise APIError(400, f"the body is {e}", code="invalid_json") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
         if not isinstance(data, dict):
@@ -717,7 +720,9 @@ def _template_message(m: Any) -> dict[str, Any]:
 def _args(raw: str) -> str:
     """The client's arguments text, which must be a JSON object (400 otherwise)."""
     try:
-        v = json.loads(raw or "{}")
+        v = bounded.loads_json(raw or "{}")
+    except bounded.BoundsError as e:
+        raise APIError(400, f"tool call arguments are {e}", param="messages") from None
     except json.JSONDecodeError:
         raise APIError(400, f"tool call arguments are not valid JSON: {raw[:100]!r}", param="messages") from None
     if not isinstance(v, dict):

@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
+from agentrft import bounded
 from agentrft.serve.errors import APIError, query_limit
 from agentrft.serve.job_spec import Source, bad, check_body, method_of, reinforcement_spec, supervised_spec
 from agentrft.serve.job_views import checkpoint_objects, job_events, job_object, page
@@ -293,9 +294,9 @@ def run_grader(body: dict) -> dict:
     raw = body["model_sample"]
     if isinstance(raw, str):
         try:  # the SDK sends a string; a JSON object in it is a sample object, as `agentrft grade run` reads one
-            parsed = json.loads(raw)
+            parsed = bounded.loads_json(raw)
             raw = parsed if isinstance(parsed, dict) else raw
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or nested past the bound (a BoundsError): graded as the plain text it is
             pass
     try:
         sample = normalize_sample(raw)

@@ -37,6 +37,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agentrft import bounded
 from agentrft.store import AmbiguousRunId, RunStore, StoreError
 from agentrft.store.run_store import display_status
 from agentrft.ui.queries import (
@@ -96,8 +97,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def _pretty(v: Any) -> str:
     if isinstance(v, str):
-        try:
-            v = json.loads(v)
+        try:  # a tool's output nested 5,000 deep would be a RecursionError and a 500 for the whole page
+            v = bounded.loads_json(v)
         except ValueError:
             return v
     return json.dumps(v, indent=2, ensure_ascii=False, default=str)
