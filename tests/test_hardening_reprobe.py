@@ -46,6 +46,27 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess
                           timeout=timeout, cwd=cwd)
 
 
+def invoke(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The command in this process (no interpreter start: a fraction of a second), shaped like ``cli``'s result."""
+    from typer.testing import CliRunner
+
+    from agentrft.cli import app
+
+    old = Path.cwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        r = CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+    finally:
+        os.chdir(old)
+    out = r.stdout + r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):  # what a user would see as a traceback
+        import traceback
+
+        out += "Traceback\n" + "".join(traceback.format_exception(r.exception))
+    return subprocess.CompletedProcess(list(args), r.exit_code, r.stdout, out)
+
+
 def assert_user_error(res: subprocess.CompletedProcess, *names: str) -> None:
     out = res.stdout + res.stderr
     assert res.returncode == 2, out
@@ -202,7 +223,7 @@ def test_runs_and_show_print_any_run_name_literally(tmp_path_factory, name):
 def test_an_error_with_markup_in_it_is_printed_not_raised(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text('model: m\ntraining_file: t.jsonl\ngrader: {type: string_check}\n"[/bold] x [red]": 1\n')
-    res = cli("train", str(cfg))
+    res = invoke("train", str(cfg))
     assert_user_error(res, "[/bold] x [red]")
 
 
@@ -212,7 +233,7 @@ def test_a_grader_error_with_markup_in_it_does_not_stop_grade_batch(tmp_path):
                              "reference": "x", "operation": "eq"}))
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"item": {}, "sample": "x"}\n[/bold] not json\n')
-    res = cli("grade", "batch", "-g", str(g), "-i", str(rows))
+    res = invoke("grade", "batch", "-g", str(g), "-i", str(rows))
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert "[/bold] not json" not in res.stderr or ":2: not valid JSON" in res.stderr
 
@@ -235,7 +256,7 @@ def test_trainer_lines_are_plain_text():
 
 def test_eval_out_that_is_a_directory_fails_before_any_work(tmp_path):
     # the config does not even exist: the --out check comes first, so nothing was loaded or evaluated
-    res = cli("eval", "--model", "baseline", "--data", str(tmp_path / "d.jsonl"), "--config",
+    res = invoke("eval", "--model", "baseline", "--data", str(tmp_path / "d.jsonl"), "--config",
               str(tmp_path / "none.yaml"), "--out", str(tmp_path))
     assert_user_error(res, "--out", "is a directory")
 
@@ -247,7 +268,7 @@ def test_eval_out_that_is_a_directory_fails_before_any_work(tmp_path):
     (["audit", "export", "r", "--store", "s.db", "-n", "-1"], ["-n"]),
 ])
 def test_nonsense_counts_are_usage_errors(tmp_path, args, names):
-    res = cli(*args, cwd=tmp_path)
+    res = invoke(*args, cwd=tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode == 2 and "Traceback" not in out and all(n in out for n in names), out
 
@@ -257,15 +278,15 @@ def test_grade_batch_output_directory_and_audit_out_file_are_named(tmp_path):
     g.write_text(json.dumps({"type": "string_check", "name": "a", "input": "x", "reference": "x", "operation": "eq"}))
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"item": {}, "sample": "x"}\n')
-    assert_user_error(cli("grade", "batch", "-g", str(g), "-i", str(rows), "-o", str(tmp_path)), "--output",
+    assert_user_error(invoke("grade", "batch", "-g", str(g), "-i", str(rows), "-o", str(tmp_path)), "--output",
                       "is a directory")
-    res = cli("grade", "batch", "-g", str(g), "-i", str(rows), "-o", str(tmp_path / "new" / "out.jsonl"))
+    res = invoke("grade", "batch", "-g", str(g), "-i", str(rows), "-o", str(tmp_path / "new" / "out.jsonl"))
     assert res.returncode == 0 and (tmp_path / "new" / "out.jsonl").exists(), res.stderr
     st_ = RunStore(str(tmp_path / "s.db"))
     rid = st_.create_run("r", {})
     st_.close()
     (tmp_path / "afile").write_text("x")
-    assert_user_error(cli("audit", "export", rid, "--store", str(tmp_path / "s.db"), "--out", str(tmp_path / "afile")),
+    assert_user_error(invoke("audit", "export", rid, "--store", str(tmp_path / "s.db"), "--out", str(tmp_path / "afile")),
                       "afile")
 
 
@@ -278,7 +299,7 @@ def test_grade_batch_output_directory_and_audit_out_file_are_named(tmp_path):
 def test_traces_export_refuses_nonsense_naming_the_option(tmp_path, extra, names):
     st_ = RunStore(str(tmp_path / "s.db"))
     st_.close()
-    res = cli("traces", "export", "--store", str(tmp_path / "s.db"), *[a.format(dir=tmp_path) for a in extra],
+    res = invoke("traces", "export", "--store", str(tmp_path / "s.db"), *[a.format(dir=tmp_path) for a in extra],
               cwd=tmp_path)
     assert_user_error(res, *names)
     assert not any(p.name.startswith(".") and p.is_file() for p in tmp_path.iterdir())  # no temp file left
@@ -299,7 +320,7 @@ def test_a_store_path_that_is_a_fifo_or_device_is_refused_at_once(tmp_path, mode
 
 def test_runs_on_a_fifo_answers_instead_of_hanging(tmp_path):
     os.mkfifo(tmp_path / "fifo.db")
-    assert_user_error(cli("runs", "--store", str(tmp_path / "fifo.db"), timeout=60), "not a regular file")
+    assert_user_error(invoke("runs", "--store", str(tmp_path / "fifo.db")), "not a regular file")
 
 
 def _sides(db: Path) -> list[str]:
@@ -313,9 +334,15 @@ def test_read_only_commands_leave_no_wal_files_beside_the_store(tmp_path):
     st_.close()
     assert _sides(db) == []  # a writer's close removes them: the baseline a reader must keep
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    for args in (["runs", "--store", str(db)], ["show", rid, "--store", str(db)],
-                 ["monitor", rid, "--store", str(db)], ["audit", "summary", rid, "--store", str(db)]):
-        res = cli(*args)
+    res = cli("runs", "--store", str(db))  # a process of its own: tidied at its exit
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert _sides(db) == []
+    import gc
+
+    for args in (["show", rid, "--store", str(db)], ["monitor", rid, "--store", str(db)],
+                 ["audit", "summary", rid, "--store", str(db)]):
+        res = invoke(*args)
+        gc.collect()  # in this process: tidied when the command's store is collected
         assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stderr)
         assert _sides(db) == [], args
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
@@ -323,8 +350,6 @@ def test_read_only_commands_leave_no_wal_files_beside_the_store(tmp_path):
     assert ro.list_runs()
     ro.close()
     del ro
-    import gc
-
     gc.collect()
     assert _sides(db) == []
 
@@ -370,3 +395,15 @@ def test_a_short_run_without_signal_in_any_step_ends_with_a_warning():
     w2.observe(2, [traj(0.5), traj(-0.5)])
     w2.observe(3, [traj(None)])
     assert w2.final_warning() is None  # one step learned something
+
+
+# ---- class 1: SFT demonstrations with nothing to imitate -----------------------------------------------------
+
+def test_sft_demos_without_an_assistant_turn_are_named_by_line_before_the_model_loads(tmp_path, lookup_files):
+    cfg = tmp_path / "sft.yaml"
+    # the model does not exist: the demos are checked first, so the answer is about them, not the model
+    cfg.write_text(yaml.safe_dump({"model": str(tmp_path / "no-model"), "demos_file": str(lookup_files["train"]),
+                                   "output_dir": str(tmp_path / "out")}))
+    res = invoke("sft", "--config", str(cfg))
+    assert_user_error(res, f"{lookup_files['train']}:1: a demonstration needs at least one assistant message")
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from agentrft.config import LoraConfig
-from agentrft.data import load_dataset
+from agentrft.data import DatasetError, load_dataset
 from agentrft.policy.learner import Learner
 from agentrft.rollout.render import ChatRenderer
 from agentrft.rollout.stack import load_policy
@@ -119,13 +119,22 @@ def sample_check(model: Any, renderer: ChatRenderer, rows: list[Any], *, n: int 
     return report
 
 
-def render_demos(renderer: ChatRenderer, rows: list[Any], max_tokens: int | None = None) -> list[tuple[list[int], list[int]]]:
-    out = []
+def render_demos(renderer: ChatRenderer, rows: list[Any], max_tokens: int | None = None, *,
+                 source: str = "demos") -> list[tuple[list[int], list[int]]]:
+    """Each demonstration as (ids, loss mask); a row that cannot be rendered is a DatasetError naming every such
+    ``source:line`` (a row with no assistant turn was a ValueError traceback)."""
+    out, problems = [], []
     for r in rows:
-        ids, mask = renderer.render_demo(r.messages, r.tools)
+        try:
+            ids, mask = renderer.render_demo(r.messages, r.tools)
+        except ValueError as e:  # TemplateError is one too
+            problems.append(f"{source}:{getattr(r, 'line', '?')}: {str(e).splitlines()[0] if str(e) else e!r}")
+            continue
         if max_tokens and len(ids) > max_tokens:
             ids, mask = ids[:max_tokens], mask[:max_tokens]
         out.append((ids, mask))
+    if problems:
+        raise DatasetError(problems)
     return out
 
 
@@ -153,9 +162,14 @@ def run_sft(
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     rows = load_dataset(demos_path, allow_demos=True)
+    # before the model loads: a demonstration with nothing to imitate is the user's file, named by line
+    empty = [f"{demos_path}:{r.line}: a demonstration needs at least one assistant message (nothing to learn)"
+             for r in rows if not any(m.get("role") == "assistant" for m in r.messages)]
+    if empty:
+        raise DatasetError(empty)
     policy = load_policy(model)
     tok = policy.tokenizer
-    examples = render_demos(policy.renderer, list(rows), max_tokens)
+    examples = render_demos(policy.renderer, list(rows), max_tokens, source=str(demos_path))
     learner = Learner(policy.model, lora=lora, learning_rate=learning_rate, micro_batch_size=micro_batch_size,
                       pad_id=policy.pad_id)
     rng = random.Random(seed)
