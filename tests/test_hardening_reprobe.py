@@ -407,3 +407,47 @@ def test_sft_demos_without_an_assistant_turn_are_named_by_line_before_the_model_
     res = invoke("sft", "--config", str(cfg))
     assert_user_error(res, f"{lookup_files['train']}:1: a demonstration needs at least one assistant message")
     assert not (tmp_path / "out").exists()
+
+
+# ---- class 4: long commands other than train keep a heartbeat and record Ctrl-C ------------------------------
+
+@pytest.mark.slow  # a real compare in a subprocess (~12 s on 2 shared cores)
+def test_compare_interrupted_by_ctrl_c_is_recorded_cancelled_not_running(tmp_path, tiny_model):
+    import signal
+    import time
+
+    import lookup_task as lt
+
+    files = lt.write_task(tmp_path / "data", seed=3, n_train=2, n_valid=200, n_demos=1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": str(tiny_model), "training_file": str(files["train"]), "validation_file": str(files["valid"]),
+        "tools": ["lookup_task:lookup"], "output_dir": str(tmp_path / "runs"),
+        "grader": {"type": "string_check", "name": "a", "input": "{{ sample.output_text }}", "reference": "x",
+                   "operation": "eq"},
+        "hyperparameters": {"max_new_tokens": 8, "max_turns": 2}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "agentrft.cli", "compare", "--config", str(cfg), "--model",
+                             "baseline", "--model", str(tiny_model), "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = tmp_path / "runs" / "agentrft.db"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait until the compare has recorded its first model's evaluation
+            if db.exists():
+                try:
+                    with RunStore(str(db), mode="read") as st_:
+                        runs = st_.list_runs()
+                        if runs and runs[0]["status"] == "running" and st_.step_metrics(runs[0]["id"]):
+                            break
+                except StoreError:
+                    pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run,) = RunStore(str(db), mode="read").list_runs()
+    assert run["status"] == "cancelled", (run["status"], out[-2000:])

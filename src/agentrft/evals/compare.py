@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from agentrft.evals.stats import paired_bootstrap
+from agentrft.store.heartbeat import Heartbeat
 from agentrft.store.records import trajectory_from_record
 
 # metric name -> (how to read it from a trajectory view, higher is better?)
@@ -246,6 +247,7 @@ def compare_models(cfg: Any, models: list[str], *, extra_data: list[str | Path] 
         run_id = store.create_run(f"compare {' vs '.join(lbl for lbl, _ in resolved)}", cfg.model_dump(),
                                   base_model=resolved[0][1], output_dir=str(cfg.output_path))
         store.set_status(run_id, "running")
+    beat = Heartbeat(store, run_id).start() if run_id else None  # a killed compare shows as interrupted
     try:
         for k, (label, path) in enumerate(resolved):
             session = EvalSession(cfg, path)
@@ -262,10 +264,16 @@ def compare_models(cfg: Any, models: list[str], *, extra_data: list[str | Path] 
                         store.record_step(run_id, k, f"eval:{ds}", {**m, "model": label}, trajs)
             finally:
                 session.close()
-    except Exception:
+    except BaseException as e:  # Ctrl-C too: it left the run `running` forever
         if run_id:
-            store.set_status(run_id, "failed")
+            try:
+                store.set_status(run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed")
+            except Exception:  # noqa: BLE001 — the error that stopped the compare is the one to report
+                pass
         raise
+    finally:
+        if beat:
+            beat.stop()
     report = build_comparison(results, summaries, seed=cfg.hyperparameters.seed)
     report["run_id"] = run_id
     report["samples"] = n

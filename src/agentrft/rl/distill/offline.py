@@ -30,6 +30,7 @@ from agentrft.graders.batch import grade_trajectories
 from agentrft.redact import redact_config
 from agentrft.rl.distill.teacher import TeacherClient, TeacherError, TeacherTask, TeacherTrajectory, run_teacher
 from agentrft.rollout.stack import RolloutStack
+from agentrft.store.heartbeat import Heartbeat
 from agentrft.store import RunStore
 
 
@@ -120,6 +121,7 @@ def run_distill(cfg: RunConfig, *, teacher_url: str | None = None, teacher_model
         run_dir = cfg.output_path / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         store.set_status(run_id, "running")
+        beat = Heartbeat(store, run_id).start()  # a SIGKILLed distillation shows as interrupted, not running
         try:
             result = _distill(cfg, d, stack, client, store, run_id, run_dir, train_rows, valid_rows,
                               str(Path(train_path).parent), str(Path(valid_path).parent) if valid_path else None,
@@ -130,6 +132,8 @@ def run_distill(cfg: RunConfig, *, teacher_url: str | None = None, teacher_model
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
             raise
+        finally:
+            beat.stop()
         store.set_status(run_id, "succeeded")
         result.wall_s = time.perf_counter() - t_start
         return result
