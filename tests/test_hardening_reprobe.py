@@ -451,3 +451,31 @@ def test_compare_interrupted_by_ctrl_c_is_recorded_cancelled_not_running(tmp_pat
             proc.kill()
     (run,) = RunStore(str(db), mode="read").list_runs()
     assert run["status"] == "cancelled", (run["status"], out[-2000:])
+
+
+# ---- class 2: deploy options that were silently ignored ------------------------------------------------------
+
+@pytest.mark.parametrize("mode, weight", [("shadow", "nan"), ("shadow", "0.3"), ("full", "0.5")])
+def test_a_weight_outside_canary_mode_is_refused_not_ignored(tmp_path, mode, weight):
+    example = TESTS.parent / "examples" / "rollout.yaml"
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    RunStore(url).close()
+    args = ["deploy", "create", "svc", "--production", "base", "--mode", mode, "--weight", weight,
+            "--policy", str(example), "--store", url] + (["--candidate", "cand"] if mode != "full" else [])
+    res = invoke(*args)
+    assert_user_error(res, f"weight {weight}", "only mode canary")
+    assert "svc" not in invoke("deploy", "list", "--store", url).stdout
+
+
+def test_deploy_status_prints_markup_in_actor_and_reason_literally(tmp_path):
+    example = TESTS.parent / "examples" / "rollout.yaml"
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    RunStore(url).close()
+    res = invoke("deploy", "create", "svc", "--production", "base", "--candidate", "cand", "--mode", "canary",
+                 "--policy", str(example), "--actor", "[/bold]erin", "--store", url)
+    assert res.returncode == 0, res.stderr
+    res = invoke("deploy", "advance", "svc", "--reason", "looks [red]fine[/x]", "--store", url)
+    assert res.returncode == 0, res.stderr
+    res = invoke("deploy", "status", "svc", "--store", url)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "[/bold]erin" in res.stdout and "looks [red]fine[/x]" in res.stdout

@@ -305,6 +305,10 @@ def create_deployment(store: Any, name: str, *, production: str, candidate: str 
     elif mode != "full":
         raise DeployError(f"mode {mode} needs a rollout policy (e.g. examples/rollout.yaml): the candidate is judged "
                           "by its online graders and safety gate", param="policy")
+    if weight is not None and mode != "canary":  # it was ignored, whatever it was (nan included)
+        raise DeployError(f"weight {weight}: only mode canary starts at a weight (mode {mode} "
+                          + ("advances to the policy's schedule" if mode == "shadow" else "serves production only")
+                          + ")", param="weight")
     stage, w = -1, 0.0
     if mode == "canary":
         stage, w = 0, float(pol.schedule[0]) if weight is None else float(weight)
