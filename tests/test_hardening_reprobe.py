@@ -340,7 +340,7 @@ def test_read_only_commands_leave_no_wal_files_beside_the_store(tmp_path):
     import gc
 
     for args in (["show", rid, "--store", str(db)], ["monitor", rid, "--store", str(db)],
-                 ["audit", "summary", rid, "--store", str(db)]):
+                 ["audit", "summary", rid, "--store", str(db)], ["registry", "--store", str(db)]):
         res = invoke(*args)
         gc.collect()  # in this process: tidied when the command's store is collected
         assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stderr)
@@ -479,3 +479,9 @@ def test_deploy_status_prints_markup_in_actor_and_reason_literally(tmp_path):
     res = invoke("deploy", "status", "svc", "--store", url)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert "[/bold]erin" in res.stdout and "looks [red]fine[/x]" in res.stdout
+
+
+def test_registry_without_config_is_read_only(tmp_path):
+    res = invoke("registry", "--store", str(tmp_path / "typo" / "x.db"))
+    assert_user_error(res, "no store at", "nothing was created")
+    assert list(tmp_path.iterdir()) == []

@@ -245,7 +245,7 @@ def test_resume_of_an_unknown_run_creates_no_store(tmp_path):
     files = lookup_task.write_task(tmp_path / "data", n_train=4, n_valid=1, n_demos=1)
     cfg = _config(tmp_path, "no-such-model", files)
     res = cli("train", str(cfg), "--resume", "run-nope", "--no-progress")
-    assert_user_error(res, "agentrft.db", "nothing to resume")
+    assert_user_error(res, "agentrft.db", "nothing there to open or resume")
     assert not (tmp_path / "runs").exists()
     # with a store there, an unknown run id is named and nothing is added to the store
     ids = make_store(tmp_path / "runs" / "agentrft.db", 1)

@@ -95,7 +95,7 @@ def registry(
     from agentrft.gate.promote import mark_stale
 
     with user_errors():
-        st = open_store(config, store)
+        st = open_store(config, store, mode="existing" if config else "read")  # only --config marks (writes)
         if config:
             mark_stale(st, load_config(config), load_policy(policy) if policy else None)
         rows = st.registry() if all_ else st.registry(["promoted", "needs_reeval"])

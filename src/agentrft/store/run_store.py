@@ -845,7 +845,7 @@ def _check_sqlite_file(path: Path, mode: str, where: str) -> None:
         raise StoreError(f"store {where} is not a regular file (a pipe, device or socket), not a SQLite file")
     if mode != "create":
         if not path.exists():
-            what = "nothing was created" if mode == "read" else "nothing to resume; nothing was created"
+            what = "nothing was created" if mode == "read" else "nothing there to open or resume; nothing was created"
             raise StoreError(f"no store at {where} ({what})")
         return
     parent = path.parent
