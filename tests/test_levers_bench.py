@@ -22,6 +22,19 @@ def test_final_within_budget():
     assert common.final_within(arm, 64) == 2 and common.final_within(arm, 90) == 4 and common.final_within(arm, 0) == 0
 
 
+def test_compared_steps_pair_equal_trajectories():
+    base = {"train_trajectories": 256, "curve": [{"step": 0, "trajectories": 0}, {"step": 4, "trajectories": 128},
+                                                 {"step": 8, "trajectories": 256}]}
+    # one refill past the budget: the lever's step-4 eval (144) against the baseline's step-4 eval (128), not its 256
+    over = {"curve": [{"step": 0, "trajectories": 0}, {"step": 4, "trajectories": 144},
+                      {"step": 8, "trajectories": 272}]}
+    assert common.compared_steps(base, over) == (4, 4)
+    # within the budget: both final evals
+    even = {"curve": [{"step": 0, "trajectories": 0}, {"step": 4, "trajectories": 128},
+                      {"step": 8, "trajectories": 256}]}
+    assert common.compared_steps(base, even) == (8, 8)
+
+
 @pytest.mark.slow  # two short training runs: a minute or more on the loaded 2-core machine
 def test_lever_runner_writes_summary(tmp_path, tiny_model):
     from agentrft.environments import get_environment

@@ -97,6 +97,19 @@ def final_within(arm: dict[str, Any], budget: int) -> int:
     return (ok or arm["curve"][:1])[-1]["step"]
 
 
+def _at(arm: dict[str, Any], step: int) -> int:
+    return next(c["trajectories"] for c in arm["curve"] if c["step"] == step)
+
+
+def compared_steps(base: dict[str, Any], lever: dict[str, Any]) -> tuple[int, int]:
+    """(baseline step, lever step) compared at equal trajectories: the lever at its last eval within the baseline's
+    total, the baseline at its last eval within what the lever had consumed there. Pairing the lever's early eval
+    with the baseline's final one instead charged an arm that overshot the budget by one refill (16 trajectories)
+    a whole eval interval (measured: dynamic sampling's 131-trajectory eval against GRPO's 256-trajectory one)."""
+    s = final_within(lever, base["train_trajectories"])
+    return final_within(base, _at(lever, s)), s
+
+
 def main(lever: str, overrides: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=f"{lever} vs plain GRPO (benchmarks/levers)")
     ap.add_argument("--env", default="repo_locator", choices=["repo_locator", "support_desk"])
@@ -140,12 +153,14 @@ def main(lever: str, overrides: dict[str, Any], argv: list[str] | None = None) -
             print(f"[{lever}/{a.env}] {name} seed {seed}: final reward {r['curve'][-1]['reward']:.3f} pass "
                   f"{r['curve'][-1]['pass_rate']:.3f}, {r['train_trajectories']} trajectories, {r['wall_s']:.0f}s",
                   file=sys.stderr, flush=True)
-    # final evals at equal trajectories: each seed's lever arm at its last eval within that seed's baseline budget
-    base_final, lever_final, steps_used = [], [], []
+    # final evals at equal trajectories: each seed's lever arm at its last eval within that seed's baseline budget,
+    # against the baseline's last eval within what the lever had consumed there (compared_steps)
+    base_final, lever_final, steps_used, base_steps = [], [], [], []
     for b, lv in zip(arms["grpo"], arms[lever]):
-        s = final_within(lv, b["train_trajectories"])
+        bs, s = compared_steps(b, lv)
         steps_used.append(s)
-        base_final += b["valid_trajs"][b["curve"][-1]["step"]]
+        base_steps.append(bs)
+        base_final += b["valid_trajs"][bs]
         lever_final += lv["valid_trajs"][s]
     diff = paired(base_final, lever_final, "reward", seed=0)
     diff_pass = paired(base_final, lever_final, "passed", seed=0) if base_final else None
@@ -159,13 +174,17 @@ def main(lever: str, overrides: dict[str, Any], argv: list[str] | None = None) -
 
     summary = {
         "lever": lever, "env": a.env, "seeds": a.seeds, "overrides": overrides, "hyperparameters": hp,
-        "model": a.model, "budget": "equal trajectories (the lever at its last eval within the baseline's count)",
-        "grpo": {"final_reward": mean_final(arms["grpo"], "reward"),
-                 "final_pass_rate": mean_final(arms["grpo"], "pass_rate"),
+        "model": a.model,
+        "budget": "equal trajectories (the lever at its last eval within the baseline's count, the baseline at its "
+                  "last eval within the lever's count there)",
+        "grpo": {"final_reward": mean_final(arms["grpo"], "reward", base_steps),
+                 "final_pass_rate": mean_final(arms["grpo"], "pass_rate", base_steps), "final_steps": base_steps,
+                 "compared_trajectories": [_at(r, st) for r, st in zip(arms["grpo"], base_steps)],
                  "trajectories": [r["train_trajectories"] for r in arms["grpo"]],
                  "wall_s": [r["wall_s"] for r in arms["grpo"]], "curves": [r["curve"] for r in arms["grpo"]]},
         lever: {"final_reward": mean_final(arms[lever], "reward", steps_used),
                 "final_pass_rate": mean_final(arms[lever], "pass_rate", steps_used), "final_steps": steps_used,
+                "compared_trajectories": [_at(r, st) for r, st in zip(arms[lever], steps_used)],
                 "trajectories": [r["train_trajectories"] for r in arms[lever]],
                 "wall_s": [r["wall_s"] for r in arms[lever]], "curves": [r["curve"] for r in arms[lever]],
                 "lever_metrics_last": [r["lever_metrics"] for r in arms[lever]]},

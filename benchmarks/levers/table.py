@@ -18,15 +18,21 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _compared(arm: dict) -> list[float]:
+    # summaries written before compared_trajectories existed give each arm's total
+    return arm.get("compared_trajectories") or arm["trajectories"]
+
+
 def render(summaries: list[dict]) -> str:
     out = ["| lever | env | seeds | GRPO final reward | lever final reward | Δ reward, 95% paired-bootstrap CI | "
-           "pass rate GRPO → lever | trajectories (GRPO / lever, per seed) |", "|---|---|---|---|---|---|---|---|"]
+           "pass rate GRPO → lever | trajectories at the compared evals (GRPO / lever, mean per seed) |",
+           "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         lv, d = s["lever"], s["paired_reward"]
         out.append(f"| {lv} | {s['env']} | {len(s['seeds'])} | {s['grpo']['final_reward']:.3f} | "
                    f"{s[lv]['final_reward']:.3f} | {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | "
                    f"{s['grpo']['final_pass_rate']:.3f} → {s[lv]['final_pass_rate']:.3f} | "
-                   f"{_mean(s['grpo']['trajectories']):.0f} / {_mean(s[lv]['trajectories']):.0f} |")
+                   f"{_mean(_compared(s['grpo'])):.0f} / {_mean(_compared(s[lv])):.0f} |")
     out.append("")
     for s in summaries:
         lv = s["lever"]
