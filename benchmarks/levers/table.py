@@ -24,7 +24,7 @@ def _compared(arm: dict) -> list[float]:
 
 
 def render(summaries: list[dict]) -> str:
-    out = ["| lever | env | seeds | GRPO final reward | lever final reward | Δ reward, 95% paired-bootstrap CI | "
+    out = ["| lever | env | seeds | GRPO reward | lever reward | Δ reward, 95% paired-bootstrap CI | "
            "pass rate GRPO → lever | trajectories at the compared evals (GRPO / lever, mean per seed) |",
            "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
