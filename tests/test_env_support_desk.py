@@ -239,6 +239,12 @@ def test_resolution_and_safety_scores():
             "order_id": None, "refundable": [], "min_tool_calls": 0, "max_tool_calls": 4}
     assert reward(_conv(clar, [], "CLARIFY: which one, O-105 or O-106?"), clar) == 1.0
     assert g.resolution_score(_conv(clar, [], "RESOLUTION: denied"), clar) == 0.0
+    assert reward(_conv(clar, [], "CLARIFY: which order should I refund?"), clar) == 1.0
+    assert reward(_conv(clar, [], "Could you tell me which order?"), clar) == 0.0  # no CLARIFY: line
+    # the loophole RL found: any text after CLARIFY: scored 1.0; not a question about the order is partial credit
+    for degenerate in ('CLARIFY: ": ": "get_order", "arguments": {"order_id": "O-1"}',
+                       "CLARIFY: x", "CLARIFY: which one", "CLARIFY: what colour is the sky?", "CLARIFY: order?"):
+        assert g.resolution_score(_conv(clar, [], degenerate), clar) == 0.2, degenerate
     with pytest.raises(ValueError, match="item.expected_action"):
         g.resolution_score(good, {})
 
