@@ -26,17 +26,15 @@ _PRESET: dict[str, Any] = {
     "generate": {"n_train": 1200, "n_valid": 50, "n_demos": 1200, "wrong_frac": 0.5, "redundant_frac": 0.6},
     # scripted optimal transcripts of separate rows (seed + 1000) for the base model's pre-training
     "pretrain_rows": 1000,
-    # until copying is learned: clean transcripts' loss falls from ~0.2 to ~0.03 when it is (a phase change that
-    # came after 150-550 steps in our runs), capped at 12 epochs
+    # until copying is learned: clean transcripts' loss drops sharply when it is (a phase change whose step varies
+    # between runs; docs/environments.md), capped at 12 epochs
     "pretrain": {"epochs": 12, "batch_size": 16, "learning_rate": 1e-3, "until_loss": 0.04},
     "model": {"vocab_size": 1024, "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
               "intermediate_size": 384},
     "sft": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3},
-    # RL: 100 steps with an eval every 10 (11 evals, as 50 steps every 5 had) and near-greedy evals (T 0.1).
-    # Measured on seed 0 under the same load (docs/levers.md, "The quickstart's pass rate"): the same checkpoint
-    # passes more at T 0.1 than 0.7 (step 30: 0.71 -> 0.79; the warm-started baseline 0.25 -> 0.58), and 100 steps
-    # kept improving where 50 stopped: best pass 0.71 (old preset) -> 0.92 and 0.88 (this preset's two end-to-end
-    # runs; other 100-step runs from the same warm start: 0.82-0.90)
+    # RL: 100 steps with an eval every 10 and near-greedy evals (T 0.1): a checkpoint is judged on what it does,
+    # not on its sampling noise, and 50 steps stopped short of what 100 reach (runs in docs/levers.md,
+    # "The quickstart's pass rate")
     "hyperparameters": {"max_steps": 100, "batch_size": 8, "group_size": 8, "learning_rate": 5e-4,
                         "eval_interval": 10, "eval_samples": 2, "max_new_tokens": 64, "max_turns": 6,
                         "max_episode_steps": 6, "max_context_tokens": 1024, "micro_batch_size": 32,
@@ -47,8 +45,8 @@ PRESETS: dict[str, dict[str, Any]] = {"repo_locator": _PRESET, "support_desk": _
 
 def _threads_for_load() -> int | None:
     """One torch thread when the machine is already busy (1-minute load ≥ its cores) and the user set none: a
-    tiny model's small ops on 2 threads wait at barriers for a descheduled partner (measured here: pre-training
-    4× faster on 1 thread at load ~10 on 2 cores). Returns the count set, or None when left alone."""
+    tiny model's small ops on 2 threads wait at barriers for a descheduled partner (docs/levers.md has the
+    measurement). Returns the count set, or None when left alone."""
     import os
 
     if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
