@@ -458,6 +458,7 @@ def test_response_format_answer_check():
     obj = AnswerCheck.of(ResponseFormat(type="json_object"))
     assert obj.errors('{"a": 1}') == [] and obj.errors("[1]") == ["not a JSON object (a list)"]
     assert obj.errors(None)[0].startswith("not JSON")
+    assert obj.errors("[" * 100_000) == ["not JSON this server reads: nested too deeply"]  # no RecursionError
     assert AnswerCheck.of(ResponseFormat(type="text")) is None and AnswerCheck.of(None) is None
 
 

@@ -49,6 +49,8 @@ class AnswerCheck:
             value = json.loads(text or "")
         except ValueError as e:
             return [f"not JSON: {e}"]
+        except RecursionError:  # a model can emit "[[[[…" for as long as max_tokens lets it
+            return ["not JSON this server reads: nested too deeply"]
         if self.kind == "json_object" and not isinstance(value, dict):
             return [f"not a JSON object (a {type(value).__name__})"]
         if self.validator is None:
