@@ -176,6 +176,9 @@ def test_errors_are_sdk_exceptions_of_the_right_class(client, server):
     (json.dumps({"model": "tool", "messages": [{"role": "user", "content": "x"}],
                  "tools": [{"type": "function", "function": {"name": "bad name!"}}]}).encode(), "tools.0.function.name"),
     (json.dumps({"model": "tool", "messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 5}).encode(), "stop"),
+    # json accepts NaN/Infinity; a range check alone answered NaN with "should be less than or equal to 2"
+    (b'{"model": "tool", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature"),
+    (b'{"model": "tool", "messages": [{"role": "user", "content": "x"}], "top_p": Infinity}', "top_p"),
 ])
 def test_malformed_requests_are_400_never_500(server, body, param):
     r = httpx.post(server.url + "/chat/completions", content=body,
@@ -185,6 +188,8 @@ def test_malformed_requests_are_400_never_500(server, body, param):
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
     if param is not None:
         assert err["param"] is not None and err["param"].startswith(param), err
+    if b"NaN" in body or b"Infinity" in body:
+        assert "finite" in err["message"], err
     assert "Traceback" not in r.text
 
 

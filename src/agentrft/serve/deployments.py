@@ -59,8 +59,8 @@ class CreateDeployment(BaseModel):
     candidate: str | None = None
     mode: str = "shadow"
     policy: dict[str, Any] | None = None
-    shadow_fraction: float | None = Field(None, gt=0, le=1)
-    weight: float | None = Field(None, gt=0, lt=1)
+    shadow_fraction: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    weight: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
 
 
 class StepRequest(BaseModel):

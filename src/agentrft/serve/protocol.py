@@ -100,8 +100,8 @@ class ResponseFormat(_Body):
 class _Sampling(_Body):
     model: str
     n: int = Field(1, ge=1, le=128)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int | None = None
     max_tokens: int | None = Field(None, ge=1)
     stop: Union[str, list[str], None] = Field(None, validate_default=True)
@@ -109,8 +109,8 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = None
 
     @field_validator("stop")
