@@ -169,6 +169,7 @@ bodies = st.one_of(
 @example(text="\x0c")
 @example(text='model: m\ntraining_file: t\ngrader: {type: string_check}\nholdout_graders: {"\\r": null}\n')
 @example(text='model: m\ntraining_file: t\ngrader: {type: string_check}\nmonitors: {" \\x85": null}\n')
+@example(text='grader: "\\x1E"\nmodel: m\ntraining_file: train.jsonl\n')  # a grader path with a record separator
 def test_fuzz_config_yaml(tmp_dir, text):
     check_config_text(tmp_dir, text)
 

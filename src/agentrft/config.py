@@ -471,6 +471,13 @@ def _loc_part(x: Any) -> str:
     return t if t and t.isprintable() and not any(c.isspace() for c in t) else json.dumps(t)
 
 
+def _shown(x: Any) -> str:
+    """A user-given value in a message: as written, or JSON-quoted when it holds a character that would break the
+    message's one line (a newline, a record separator: anything not printable)."""
+    t = str(x)
+    return t if t.isprintable() else json.dumps(t)
+
+
 def _format_errors(e: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     """One line per problem, ``source: field.path: message``; an unknown key also gets the nearest known key and
     the allowed keys at its level (``model`` is the schema that was validated)."""
@@ -517,14 +524,15 @@ def parse_config(data: Any, *, base_dir: str | Path = ".", source: str = "<confi
     grader = data.get("grader")
     if isinstance(grader, str):
         gpath = Path(grader) if Path(grader).is_absolute() else Path(base_dir) / grader
+        shown = _shown(gpath)
         try:
             data["grader"] = bounded.loads_json(bounded.read_text(gpath))
         except OSError as e:
-            raise ConfigError(f"{source}: grader: cannot read {gpath}: {e.strerror}") from None
+            raise ConfigError(f"{source}: grader: cannot read {shown}: {e.strerror}") from None
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{source}: grader: {gpath}:{e.lineno}: not valid JSON: {e.msg}") from None
+            raise ConfigError(f"{source}: grader: {shown}:{e.lineno}: not valid JSON: {e.msg}") from None
         except bounded.BoundsError as e:  # too large, too deep, not UTF-8
-            raise ConfigError(f"{source}: grader: {gpath}: {e}") from None
+            raise ConfigError(f"{source}: grader: {shown}: {e}") from None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
