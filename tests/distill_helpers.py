@@ -6,22 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import torch
 
 import lookup_task
+from proc_helpers import serve_process, src_env
 from serve_helpers import fine_tune_copy
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def teacher_rows(n: int = 4, seed: int = 7) -> list[dict]:
@@ -41,48 +34,14 @@ def build_teacher(tiny_model: Path, out: Path, rows: list[dict], steps: int = 60
     return fine_tune_copy(tiny_model, out, demos, steps)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def served(model: Path, store: Path, slots: int = 4) -> Iterator[str]:
-    """``agentrft serve --model MODEL`` as a subprocess on a free loopback port; yields its ``/v1`` base URL."""
-    port = free_port()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("AGENTRFT_TOKEN", None)
-    env["OMP_NUM_THREADS"] = "1"  # see one_thread()
-    # the server's output goes to a file, not a pipe: nobody reads a pipe while it serves, and once its 64 KB
-    # buffer filled the server blocked on a log write (seen after ~900 requests)
-    log_path = Path(str(store) + ".log")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentrft.cli", "serve", "--model", str(model), "--port", str(port), "--slots",
-         str(slots), "--store", f"sqlite:///{store}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+    """``agentrft serve --model MODEL`` as a subprocess on a free loopback port; yields its ``/v1`` base URL. Its
+    output goes to ``<store>.log``."""
+    env = src_env(AGENTRFT_TOKEN=None, OMP_NUM_THREADS="1")  # one thread: see one_thread()
+    args = ["--model", str(model), "--slots", str(slots), "--store", f"sqlite:///{store}"]
+    with serve_process(args, Path(str(store) + ".log"), env) as url:
         yield url + "/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @contextlib.contextmanager

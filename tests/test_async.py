@@ -122,21 +122,22 @@ def test_async_run_against_agentrft_serve(tiny_model, lookup_files, tmp_path):
     """max_staleness 1 with truncated importance sampling, the sampler a real `agentrft serve` process that the
     trainer starts: every step trains, step 2's batch was sampled one update behind (it starts while step 1 trains),
     no lag beyond 1, no alert, every trajectory recorded once."""
-    from test_remote_sampler import _config, _env, _free_port, _serve_argv
+    from proc_helpers import free_port, src_env
+    from test_remote_sampler import _config, _serve_argv
 
     import os
 
     from agentrft.rl.trainer import train
     from agentrft.store import RunStore
 
-    port = _free_port()
+    port = free_port()
     cfg = _config(tiny_model, lookup_files, tmp_path, {
         "type": "remote", "base_url": f"http://127.0.0.1:{port}/v1", "model": "tiny",
         "command": _serve_argv(tiny_model, port), "startup_timeout_s": 180})
     cfg.hyperparameters.max_steps = 3
     cfg.rollout.max_staleness = 1
     cfg.rollout.tis_cap = 2.0
-    os.environ["PYTHONPATH"] = _env()["PYTHONPATH"]
+    os.environ["PYTHONPATH"] = src_env()["PYTHONPATH"]
     run_id = train(cfg, progress=False)
     store = RunStore(cfg.store_url)
     metrics = {m["step"]: m for m in store.step_metrics(run_id, split="train")}

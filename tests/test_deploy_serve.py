@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import openai
 import pytest
 
 import deploy_helpers as dh
+from proc_helpers import free_port
 import serve_helpers as h
 from agentrft.serve.app import create_app
 from agentrft.serve.config import ServeConfig
@@ -289,13 +289,6 @@ def test_shadow_answers_are_recorded_and_graded_never_returned(server, bad_model
 
 
 # ---- restart mid-canary ----------------------------------------------------------------------------------------
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def _start(models, db: Path, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "agentrft.cli", "serve", "--model", str(models["tool"]), "--model-name", "tool",
@@ -321,7 +314,7 @@ def test_restart_mid_canary_continues_split_counts_and_decision_state(models, tm
     db = tmp_path / "store.db"
     store = RunStore(f"sqlite:///{db}")
     good = dh.register_checkpoint(store, models["good"], models["tool"], "good")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     policy = {**POLICY, "min_samples": 20}  # (the replays below must not complete the step by themselves)
     p = _start(models, db, port, log)

@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 import distill_helpers as dh
+from proc_helpers import free_port
 import lookup_task
 
 
@@ -134,7 +135,7 @@ def test_teacher_errors_are_answers(tiny_model, tmp_path):
     rows_file = dh.write_rows(dh.teacher_rows(2), tmp_path / "train.jsonl")
     cfg = _config(tmp_path, tiny_model, rows_file)
     # nothing listens on the port: every rollout is dropped with the connection error, and the run says so
-    port = dh.free_port()
+    port = free_port()
     res = CliRunner().invoke(app, ["distill", "--config", str(cfg), "--teacher", f"http://127.0.0.1:{port}/v1",
                                    "--teacher-model", "m"])
     assert res.exit_code == 2

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import distill_helpers as dh
+from proc_helpers import free_port
 import lookup_task
 from agentrft.rl.distill.onpolicy import TeacherScorer, distill_token_advantages, reverse_kl
 from agentrft.rl.distill.teacher import TeacherClient, TeacherError
@@ -173,7 +174,7 @@ def test_a_teacher_that_stops_answering_fails_the_run_naming_the_field(tiny_mode
         "grader": lookup_task.GRADER, "output_dir": str(tmp_path / "runs"),
         "hyperparameters": {"max_steps": 1, "batch_size": 1, "group_size": 2, "lora": None, "max_new_tokens": 8,
                             "max_turns": 1, "max_context_tokens": 512},
-        "distill": {"on_policy": True, "teacher": {"base_url": f"http://127.0.0.1:{dh.free_port()}/v1",
+        "distill": {"on_policy": True, "teacher": {"base_url": f"http://127.0.0.1:{free_port()}/v1",
                                                    "model": "t"}},
     })
     with pytest.raises(TrainingError, match=r"distill.teacher: teacher .* unreachable after 3 retries") as e:

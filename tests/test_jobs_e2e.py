@@ -10,64 +10,34 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import yaml
 
 import lookup_task as lt
 import serve_helpers as h
+from proc_helpers import free_port, stop, wait_healthy
+from proc_helpers import src_env as env
 from agentrft.tools.registry import resolve_python_tool
 from agentrft.tools.server import make_tool_server
 from tool_servers.loopback import run_uvicorn
 
 TOKEN = "e2e-token"
-TESTS = Path(__file__).parent
-SRC = str(TESTS.parent / "src")
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = SRC + os.pathsep + str(TESTS) + os.pathsep + e.get("PYTHONPATH", "")
-    return e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(config: Path, port: int) -> subprocess.Popen:
-    log = open(config.parent / f"server-{port}.log", "ab")  # the server's and its workers' output
-    proc = subprocess.Popen([sys.executable, "-m", "agentrft.cli", "serve", "--config", str(config), "--port",
-                             str(port)], env={**env(), "AGENTRFT_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, "the server exited: " + (config.parent / f"server-{port}.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not come up"
-        time.sleep(0.3)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """The server (restartable on the same port); its and its workers' output is appended to server-<port>.log."""
+    log_path = config.parent / f"server-{port}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agentrft.cli", "serve", "--config", str(config), "--port",
+                                 str(port)], env=env(AGENTRFT_TOKEN=TOKEN), stdout=log, stderr=subprocess.STDOUT)
+    wait_healthy(proc, f"http://127.0.0.1:{port}", log_path.read_text)
+    return proc
 
 
 def wait_for(client: openai.OpenAI, job_id: str, statuses: tuple[str, ...], limit_s: float = 420):

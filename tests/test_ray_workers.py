@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("ray")
 
 import lookup_task  # noqa: E402
-from test_remote_sampler import _config, _env, local, server  # noqa: E402,F401  (module fixtures)
+from proc_helpers import src_env  # noqa: E402
+from test_remote_sampler import _config, local, server  # noqa: E402,F401  (module fixtures)
 
 from agentrft.data import load_dataset  # noqa: E402
 from agentrft.policy.remote_sampler import RemoteSampler  # noqa: E402
@@ -34,7 +35,7 @@ def test_a_killed_worker_is_replaced_and_its_rollouts_rerun_once(server, local, 
     from agentrft.rollout.ray_workers import RayRolloutLoop
     from agentrft.tools.router import build_router
 
-    os.environ["PYTHONPATH"] = _env()["PYTHONPATH"]
+    os.environ["PYTHONPATH"] = src_env()["PYTHONPATH"]
     policy, inproc = local
     rows = list(load_dataset(lookup_files["train"]))[:6]
     tasks = [RolloutTask(row=r, seed=100 + i * 7 + k, group_id=f"g{i}", sample_index=k,
@@ -78,7 +79,7 @@ def test_training_with_two_ray_workers_records_what_the_in_process_run_records(t
     from agentrft.rl.trainer import train
     from agentrft.store import RunStore
 
-    os.environ["PYTHONPATH"] = _env()["PYTHONPATH"]
+    os.environ["PYTHONPATH"] = src_env()["PYTHONPATH"]
     cfg = _config(tiny_model, lookup_files, tmp_path / "ray",
                   {"type": "remote", "base_url": server + "/v1", "model": "tiny"})
     cfg.rollout.backend, cfg.rollout.workers, cfg.rollout.worker_concurrency = "ray", 2, 4

@@ -6,10 +6,7 @@ name, and a skipped weight sync caught by the sampler-vs-learner mismatch monito
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,53 +15,27 @@ import pytest
 import torch
 
 import lookup_task
+from proc_helpers import free_port, serve_process, src_env
 from agentrft.policy.remote_sampler import RemoteSampler, RemoteSamplerError
 from agentrft.policy.sampling import SamplingParams
 from agentrft.policy.seeding import advance, seeded_generator
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-TESTS = str(Path(__file__).resolve().parent)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, env.get("PYTHONPATH", "")])
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _serve_args(model: Path) -> list[str]:
+    return ["--model", str(model), "--model-name", "tiny", "--slots", "16", "--no-traces"]
 
 
 def _serve_argv(model: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "agentrft.cli", "serve", "--model", str(model), "--model-name", "tiny",
-            "--port", str(port), "--slots", "16", "--no-traces"]
+    """The whole command line, for a trainer that starts the server itself (sampler.command)."""
+    return [sys.executable, "-m", "agentrft.cli", "serve", *_serve_args(model), "--port", str(port)]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model):
+def server(tiny_model, tmp_path_factory):
     """`agentrft serve` over the tiny model in its own process."""
-    port = _free_port()
-    proc = subprocess.Popen(_serve_argv(tiny_model, port), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+    with serve_process(_serve_args(tiny_model), tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +93,7 @@ def test_errors_name_the_server_and_what_it_said(server, local):
     with pytest.raises(RemoteSamplerError, match=r"/v1/completions: HTTP 404: .*no-such-model"):
         bad_model.generate([[1, 2, 3]], params, [torch.Generator().manual_seed(0)])
     bad_model.close()
-    nowhere = RemoteSampler(f"http://127.0.0.1:{_free_port()}/v1", model="tiny", stop_ids={0}, retries=1)
+    nowhere = RemoteSampler(f"http://127.0.0.1:{free_port()}/v1", model="tiny", stop_ids={0}, retries=1)
     with pytest.raises(RemoteSamplerError, match=r"ConnectError.*after 2 tries"):
         nowhere.generate([[1, 2, 3]], params, [torch.Generator().manual_seed(0)])
     nowhere.close()
@@ -168,11 +139,11 @@ def test_training_run_started_its_own_agentrft_serve(tiny_model, lookup_files, t
     from agentrft.rl.trainer import train
     from agentrft.store import RunStore
 
-    port = _free_port()
+    port = free_port()
     cfg = _config(tiny_model, lookup_files, tmp_path / "remote", {
         "type": "remote", "base_url": f"http://127.0.0.1:{port}/v1", "model": "tiny",
         "command": _serve_argv(tiny_model, port), "startup_timeout_s": 180})
-    os.environ["PYTHONPATH"] = _env()["PYTHONPATH"]  # the engine subprocess imports the test's tool module
+    os.environ["PYTHONPATH"] = src_env()["PYTHONPATH"]  # the engine subprocess imports the test's tool module
     remote_id = train(cfg, progress=False)
     local_cfg = _config(tiny_model, lookup_files, tmp_path / "local", None)
     local_id = train(local_cfg, progress=False)
@@ -307,22 +278,6 @@ def test_a_resumed_run_pushes_its_adapter_before_sampling(server, tiny_model, lo
     assert (tmp_path / run_id / "sync" / f"{run_id}-policy-3").is_dir()
 
 
-def _start(argv: list[str]) -> tuple[subprocess.Popen, str]:
-    port = int(argv[argv.index("--port") + 1])
-    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not come up"
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_full_fine_tuning_pushes_whole_weights_through_pause_update_resume(tiny_model, lookup_files, tmp_path):
     """weight_sync: full against its own `agentrft serve`: each update's weights are loaded between /pause and
@@ -331,8 +286,7 @@ def test_full_fine_tuning_pushes_whole_weights_through_pause_update_resume(tiny_
     from agentrft.rl.trainer import Trainer
     from agentrft.store import RunStore
 
-    proc, url = _start(_serve_argv(tiny_model, _free_port()))
-    try:
+    with serve_process(_serve_args(tiny_model), tmp_path / "serve.log") as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         before = c.completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=4, seed=1, logprobs=0)
         r = httpx.post(url + "/update_weights", json={"path": str(tmp_path)})
@@ -353,6 +307,3 @@ def test_full_fine_tuning_pushes_whole_weights_through_pause_update_resume(tiny_
         assert before.system_fingerprint == "base:tiny" and after.system_fingerprint == f"{run_id}:policy-2"
         assert after.choices[0].logprobs.token_logprobs != before.choices[0].logprobs.token_logprobs
         assert [p.name for p in (tmp_path / run_id / "sync").iterdir()] == [f"{run_id}-policy-2"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

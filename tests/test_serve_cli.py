@@ -2,66 +2,30 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import openai
 
 import serve_helpers as h
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def _env(**kw):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(kw)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from proc_helpers import serve_process, src_env
 
 
 def test_serve_command_answers_with_the_token_from_the_environment(tiny_model, tmp_path_factory, tmp_path):
     tool = h.tool_model_dir(tiny_model, tmp_path_factory)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentrft.cli", "serve", "--model", str(tool), "--port", str(port), "--slots", "2",
-         "--store", f"sqlite:///{tmp_path / 'store.db'}"],
-        env=_env(AGENTRFT_TOKEN="from-env"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+    args = ["--model", str(tool), "--slots", "2", "--store", f"sqlite:///{tmp_path / 'store.db'}"]
+    with serve_process(args, tmp_path / "serve.log", src_env(AGENTRFT_TOKEN="from-env")) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key="from-env", max_retries=0, timeout=60)
         assert [m.id for m in c.models.list().data] == [tool.name]
         r = c.chat.completions.create(model=tool.name, messages=h.PLAIN, temperature=0, max_tokens=10)
         assert r.choices[0].message.content == "hello there"
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_serve_refuses_a_public_bind_without_a_token(tmp_path):
     r = subprocess.run([sys.executable, "-m", "agentrft.cli", "serve", "--model", str(tmp_path), "--host", "0.0.0.0"],
-                       env=_env(AGENTRFT_TOKEN=""), capture_output=True, text=True, timeout=120)
+                       env=src_env(AGENTRFT_TOKEN=""), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in r.stderr + r.stdout
 
@@ -106,24 +70,10 @@ def test_the_openai_sdk_checklist_against_a_server_process(tiny_model, tmp_path_
     import yaml
 
     tool = h.tool_model_dir(tiny_model, tmp_path_factory)
-    port = _free_port()
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(yaml.safe_dump({"model": str(tool), "model_name": "tool", "slots": 16, "token": "t0k",
                                    "max_body_bytes": 64 * 1024, "record_traces": False}))
-    proc = subprocess.Popen([sys.executable, "-m", "agentrft.cli", "serve", "--config", str(cfg), "--port", str(port)],
-                            env=_env(AGENTRFT_TOKEN=""), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+    with serve_process(["--config", str(cfg)], tmp_path / "serve.log", src_env(AGENTRFT_TOKEN="")) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key="t0k", max_retries=0, timeout=120)
         assert [m.id for m in c.models.list().data] == ["tool"]
         r = c.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS, temperature=0, max_tokens=60)
@@ -177,6 +127,3 @@ def test_the_openai_sdk_checklist_against_a_server_process(tiny_model, tmp_path_
                 assert json.loads(x.choices[0].message.tool_calls[0].function.arguments) == {"key": "K3"}
             else:
                 assert x.choices[0].message.content == "hello there"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,18 +14,12 @@ import time
 import httpx
 import pytest
 
+from proc_helpers import free_port
 from agentrft.environments import get_environment
 from agentrft.tools.http import HttpToolBackend
 from agentrft.tools.registry import ToolContext
 from agentrft.types import new_call_id, new_trace_id
 
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +27,7 @@ def support_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("sd")
     scratch = tmp_path_factory.mktemp("scratch")
     paths = get_environment("support_desk").generate(data, seed=3, n_train=6, n_valid=2)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TMPDIR": str(scratch), "AGENTRFT_TOOLS_TOKEN": "tok-sd"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentrft.tools.cli", "serve", "support_desk", "--port", str(port),

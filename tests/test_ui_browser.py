@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 from unittest import mock
 
 import httpx
+from proc_helpers import free_port
 import lookup_task
 import pytest
 import yaml
@@ -45,11 +45,6 @@ class _GatedStore(RunStore):
             RELEASE.wait(WAIT_S)
         return super().record_step(run_id, step, split, metrics, trajectories)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,7 @@ def world(tmp_path_factory):
     cfg = load_config(cfg_path)
     store = RunStore(cfg.store_url)
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_server_app(store), host="127.0.0.1", port=port, log_level="warning"))
     srv = threading.Thread(target=server.run, daemon=True)
     srv.start()

@@ -7,13 +7,13 @@ with the rollback marked, and each step with its evidence. Skipped only when Chr
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from proc_helpers import free_port
 from agentrft.gate import rollout as ro
 from agentrft.store import RunStore
 from test_rollout_controller import FORBIDDEN, POLICY, serve, traffic
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.skipif(
     not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
     reason=f"Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_deployments_view_shows_modes_weights_kpis_and_the_rollback_with_evidence(tmp_path):
@@ -48,7 +43,7 @@ def test_deployments_view_shows_modes_weights_kpis_and_the_rollback_with_evidenc
     assert ro.tick(store, "support-agent", judges)["action"] == "rollback"
     ro.create_deployment(store, "other", production="v1", candidate="v3", mode="shadow", policy=POLICY)
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_server_app(store, token="tok"), host="127.0.0.1", port=port,
                                            log_level="warning"))
     th = threading.Thread(target=server.run, daemon=True)
