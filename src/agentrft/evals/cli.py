@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
+from agentrft.store.locate import open_store
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Readiness check, checkpoint comparison, monitors.")
 audit_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Random audits: export trajectories for review and record verdicts.")
@@ -44,22 +46,6 @@ def user_errors() -> Iterator[None]:
 def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def open_store(config: Optional[Path], store: Optional[str], mode: str = "existing"):
-    """The store a command works on. It must exist (a mistyped path is an error, never a new empty store);
-    ``mode="read"`` for commands that only read (nothing is created or locked; a read-only store is readable)."""
-    from agentrft.config import load_config
-    from agentrft.store import RunStore
-
-    if store:
-        return RunStore(store, mode=mode)
-    if config:
-        return RunStore(load_config(config).store_url, mode=mode)
-    default = Path("runs/agentrft.db")
-    if not default.exists():
-        raise ValueError("no store given: pass --config CONFIG or --store URL (default runs/agentrft.db not found)")
-    return RunStore("sqlite:///" + str(default.resolve()), mode=mode)
 
 
 def _run_id(st: Any, run: str) -> str:

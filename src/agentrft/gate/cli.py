@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
-from agentrft.evals.cli import open_store
+from agentrft.store.locate import open_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Promotion gates and the model registry.")
 console = Console()

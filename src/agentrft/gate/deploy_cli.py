@@ -18,6 +18,8 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 
+from agentrft.store.locate import open_store
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Deployments: shadow, canary, full, rollback (state in the store; docs/deploy.md).")
 console = Console()
@@ -37,20 +39,6 @@ def _errors() -> Iterator[None]:
     except (DeployError, RolloutPolicyError, StoreError, ConfigError, ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)  # (unwrapped: the message names a file and field)
         raise typer.Exit(2) from None
-
-
-def _store(config: Optional[Path], store: Optional[str], mode: str = "existing"):
-    from agentrft.config import load_config
-    from agentrft.store import RunStore
-
-    if store:
-        return RunStore(store, mode=mode)
-    if config:
-        return RunStore(load_config(config).store_url, mode=mode)
-    default = Path("runs/agentrft.db")
-    if not default.exists():
-        raise ValueError("no store given: pass --store URL or --config CONFIG (default runs/agentrft.db not found)")
-    return RunStore(str(default), mode=mode)
 
 
 def _check_ref(st, ref: str, what: str) -> None:
@@ -100,7 +88,7 @@ def create(
 
     with _errors():
         pol = load_rollout_policy(policy) if policy is not None else None
-        st = _store(config, store)
+        st = open_store(config, store)
         _check_ref(st, production, "production")
         if candidate:
             _check_ref(st, candidate, "candidate")
@@ -113,7 +101,7 @@ def create(
 def list_(config: Optional[Path] = ConfigOpt, store: Optional[str] = StoreOpt) -> None:
     """Every deployment: mode, weight, status, production and candidate."""
     with _errors():
-        deps = _store(config, store, mode="read").list_deployments()
+        deps = open_store(config, store, mode="read").list_deployments()
     if not deps:
         console.print("no deployments")
         return
@@ -128,7 +116,7 @@ def status(name: str = typer.Argument(...), as_json: bool = typer.Option(False, 
     from agentrft.gate import rollout as ro
 
     with _errors():
-        s = ro.status(_store(config, store, mode="read"), name)
+        s = ro.status(open_store(config, store, mode="read"), name)
     s["state"].pop("drift_window", None)
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=str))
@@ -157,7 +145,7 @@ def advance(name: str = typer.Argument(...), reason: str = typer.Option("", "--r
     from agentrft.gate import rollout as ro
 
     with _errors():
-        dep = ro.advance(_store(config, store), name, actor=actor or "cli", reason=reason or "by hand (cli)")
+        dep = ro.advance(open_store(config, store), name, actor=actor or "cli", reason=reason or "by hand (cli)")
     _show(dep)
 
 
@@ -169,5 +157,5 @@ def rollback(name: str = typer.Argument(...), reason: str = typer.Option("", "--
     from agentrft.gate import rollout as ro
 
     with _errors():
-        dep = ro.rollback(_store(config, store), name, actor=actor or "cli", reason=reason or "by hand (cli)")
+        dep = ro.rollback(open_store(config, store), name, actor=actor or "cli", reason=reason or "by hand (cli)")
     _show(dep)
