@@ -231,17 +231,12 @@ def sft(
 def _store(config: Optional[Path], store: Optional[str]):
     """The store a read-only command reads: opened read-only, so nothing is created or locked (a mistyped path
     is an error, not a new empty store) and a store in a read-only directory is readable."""
-    from agentrft.config import load_config
-    from agentrft.store import RunStore
+    from agentrft.store.locate import open_store
 
-    if store:
-        return RunStore(store, mode="read")
-    if config:
-        return RunStore(load_config(config).store_url, mode="read")
-    default = Path("runs/agentrft.db")
-    if not default.exists():
-        raise typer.BadParameter("no store given: pass --config CONFIG or --store URL (default runs/agentrft.db not found)")
-    return RunStore("sqlite:///" + str(default.resolve()), mode="read")
+    try:
+        return open_store(config, store, mode="read")
+    except ValueError as e:  # no store named and no default: a usage error, as before
+        raise typer.BadParameter(str(e)) from None
 
 
 @app.command()
