@@ -362,12 +362,25 @@ def status(store: Any, name: str) -> dict:
     return {**dep, "kpis": arms, "kpis_phase": phase, "events": store.deployment_events(name)}
 
 
+def _change(store: Any, name: str, kind: str, actor: str, change: Any) -> dict:
+    """Apply ``change(dep) -> (fields, state, data)`` under the deployment's version, with ``data`` in its event and
+    the ledger; a writer that got there first makes it re-read and recompute (5 tries, then a 409)."""
+    for _ in range(5):
+        dep = get_deployment(store, name)
+        fields, state, data = change(dep)
+        got = store.update_deployment(name, expect_version=dep["version"], state=state, **fields,
+                                      event={"kind": kind, "actor": actor, "data": data},
+                                      ledger={"kind": f"deployment_{kind}", "actor": actor, "data": data})
+        if got is not None:
+            return got
+    raise DeployError(f"deployment {name!r} kept changing under this {kind}; retry", 409)
+
+
 def advance(store: Any, name: str, *, actor: str = "", reason: str = "", evidence: dict | None = None,
             auto: bool = False) -> dict:
     """One step forward (see :func:`next_step`); a held deployment is released. Raises DeployError when there is
     nothing to advance or another writer changed it first (409)."""
-    for _ in range(5):
-        dep = get_deployment(store, name)
+    def change(dep: dict) -> tuple[dict, dict, dict]:
         fields = next_step(dep, _policy_of(dep))
         if dep["status"] == "held" and fields["status"] != "completed":
             fields["status"] = "active"
@@ -376,20 +389,16 @@ def advance(store: Any, name: str, *, actor: str = "", reason: str = "", evidenc
         data = {"from": {"mode": dep["mode"], "weight": dep["weight"]},
                 "to": {"mode": fields["mode"], "weight": fields["weight"]}, "reason": reason or "by hand",
                 "auto": auto, "evidence": evidence or {}}
-        got = store.update_deployment(name, expect_version=dep["version"], state=state, **fields,
-                                      event={"kind": "advance", "actor": actor, "data": data},
-                                      ledger={"kind": "deployment_advance", "actor": actor, "data": data})
-        if got is not None:
-            return got
-    raise DeployError(f"deployment {name!r} kept changing under this advance; retry", 409)
+        return fields, state, data
+
+    return _change(store, name, "advance", actor, change)
 
 
 def rollback(store: Any, name: str, *, actor: str = "", reason: str = "", evidence: dict | None = None,
              auto: bool = False, rule: str = "") -> dict:
     """Back to production alone (canary/shadow) or to the previous production (full). The candidate rolled back and
     the evidence go to the event and the ledger."""
-    for _ in range(5):
-        dep = get_deployment(store, name)
+    def change(dep: dict) -> tuple[dict, dict, dict]:
         fields = rollback_fields(dep)
         rolled = dep["candidate"] or dep["production"]
         state = {**dep["state"], "phase_started_at": _now_iso(), "rolled_back": rolled,
@@ -398,12 +407,9 @@ def rollback(store: Any, name: str, *, actor: str = "", reason: str = "", eviden
                          "candidate": dep["candidate"]},
                 "to": {"production": fields.get("production", dep["production"])}, "rolled_back": rolled,
                 "rule": rule, "reason": reason or "by hand", "auto": auto, "evidence": evidence or {}}
-        got = store.update_deployment(name, expect_version=dep["version"], state=state, **fields,
-                                      event={"kind": "rollback", "actor": actor, "data": data},
-                                      ledger={"kind": "deployment_rollback", "actor": actor, "data": data})
-        if got is not None:
-            return got
-    raise DeployError(f"deployment {name!r} kept changing under this rollback; retry", 409)
+        return fields, state, data
+
+    return _change(store, name, "rollback", actor, change)
 
 
 # ---- the controller ------------------------------------------------------------------------------------------------
