@@ -141,6 +141,28 @@ def load_datasets(
     )
 
 
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *,
+                dumps: Any = lambda r: json.dumps(r, ensure_ascii=False)) -> Path:
+    """Write one ``dumps(row)`` per line atomically: a temporary file beside ``path``, fsynced, then renamed over it,
+    so a reader (or a crash) never sees half a file."""
+    import tempfile
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for r in rows:
+                f.write(dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def normalize_tool(tool: Any) -> tuple[dict[str, Any] | None, str | None]:
     """One tool schema in either form -> (nested form, None) or (None, what is wrong)."""
     if not isinstance(tool, dict):

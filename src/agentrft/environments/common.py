@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from agentrft import data
 from agentrft.tools.registry import PythonTool, ToolContext
 
 
@@ -21,13 +22,8 @@ def dumps(obj: Any) -> str:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write rows atomically (temp file + rename) so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(dumps(row) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write rows atomically, one canonical line each (:func:`dumps`)."""
+    return data.write_jsonl(path, rows, dumps=dumps)
 
 
 def write_json(path: Path, obj: Any) -> Path:

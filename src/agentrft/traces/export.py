@@ -28,17 +28,14 @@ or after redaction) is already in a ``dedupe_against`` file, or earlier in this 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from agentrft.data import DatasetError, load_dataset
+from agentrft.data import DatasetError, load_dataset, write_jsonl
 from agentrft.traces.conversations import Conversation, group, prompt_key, prompt_of, text_of
 from agentrft.traces.pii import Redactor
 
@@ -203,23 +200,6 @@ def known_prompts(paths: list[str]) -> set[str]:
             if prompt is not None:
                 keys.add(prompt_key(prompt))
     return keys
-
-
-def write_jsonl(path: str, rows: list[dict]) -> None:
-    """Atomically: a temporary file beside ``path``, fsynced, then renamed over it."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export(store: Any, spec: ExportSpec, redactor: Redactor | None = None) -> dict[str, Any]:

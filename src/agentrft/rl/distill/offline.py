@@ -16,15 +16,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from agentrft.config import ConfigError, DistillConfig, RunConfig, TeacherConfig
-from agentrft.data import load_datasets
+from agentrft.data import load_datasets, write_jsonl
 from agentrft.evals.metrics import agent_metrics, passed
 from agentrft.graders.batch import grade_trajectories
 from agentrft.redact import redact_config
@@ -75,21 +73,6 @@ def keeps(traj: TeacherTrajectory, min_reward: float | None) -> bool:
     if traj.dropped or traj.outcome != "completed" or traj.reward is None:
         return False
     return traj.reward >= min_reward if min_reward is not None else passed(traj)
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_distill(cfg: RunConfig, *, teacher_url: str | None = None, teacher_model: str | None = None,
@@ -189,7 +172,7 @@ def _distill(cfg: RunConfig, d: DistillConfig, stack: RolloutStack, client: Teac
         elif stack.router.schemas():
             demo["tools"] = stack.router.schemas()
         demos.append(demo)
-    _write_jsonl_atomic(demos_path, demos)
+    write_jsonl(demos_path, demos, dumps=json.dumps)
     teacher = {k: m[k] for k in ("reward_mean", "pass_rate", "kept_trajectories", "kept_fraction",
                                  "teacher_prompt_tokens", "teacher_completion_tokens", "teacher_requests",
                                  "time/teacher", "trajectories", "dropped_fraction")}
