@@ -36,28 +36,11 @@ def tokenizer(tiny_model):
     return AutoTokenizer.from_pretrained(tiny_model)
 
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path):
     """A fresh store URL on each backend: a SQLite file, and a private schema on the live PostgreSQL at
     127.0.0.1:5432 (database ``test``), dropped after the test (skipped where no server answers)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    import secrets
+    from pg_helpers import backend_store_url
 
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        conn = psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True,
-                               connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
-    schema = f"t_{secrets.token_hex(5)}"
-    conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with backend_store_url(request.param, tmp_path) as url:
+        yield url

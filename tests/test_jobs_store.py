@@ -9,21 +9,9 @@ import time
 
 import pytest
 
+from pg_helpers import pg_schema
 from agentrft.store import RunStore
 from agentrft.types import Trajectory
-
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _pg_schema():
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        conn = psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
-    name = f"jobs_{secrets.token_hex(4)}"
-    conn.execute(f"CREATE SCHEMA {name}")
-    return conn, name
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -33,14 +21,12 @@ def store(request, tmp_path):
         yield s
         s.close()
         return
-    conn, schema = _pg_schema()
-    s = RunStore(f"{PG}?options=-csearch_path%3D{schema}")
-    try:
-        yield s
-    finally:
-        s.close()
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with pg_schema("jobs") as (url, _schema, _conn):
+        s = RunStore(url)
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 def test_files(store):
@@ -147,9 +133,7 @@ def test_a_job_runs_end_to_end_on_postgres(tiny_model, tmp_path_factory, tmp_pat
     from agentrft.tools.server import make_tool_server
     from tool_servers.loopback import run_uvicorn
 
-    conn, schema = _pg_schema()
-    url = f"{PG}?options=-csearch_path%3D{schema}"
-    try:
+    with pg_schema("jobs") as (url, _schema, _conn):
         tool = h.tool_model_dir(tiny_model, tmp_path_factory)
         files = lt.write_task(tmp_path / "data", seed=5, n_train=4, n_valid=2, n_demos=2)
         cfg = ServeConfig(model=str(tool), model_name="tool", store=url, slots=2,
@@ -185,6 +169,3 @@ def test_a_job_runs_end_to_end_on_postgres(tiny_model, tmp_path_factory, tmp_pat
                     assert e.data["train_mean_reward"] == pytest.approx(train["reward_mean"])
             assert c.files.content(job.result_files[0]).text.startswith("step,split,")
         app.state.serve.close()
-    finally:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()

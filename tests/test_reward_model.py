@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import distill_helpers as dh
 import lookup_task
+from pg_helpers import backend_store_url
 from agentrft.graders import build_grader, grade_trajectories
 from agentrft.graders.base import GraderSpecError
 from agentrft.types import ToolCall, Trajectory, Turn
@@ -60,25 +61,11 @@ def explorer_data(n_rows: int, seed: int):
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def store_url(request, tmp_path_factory):
-    """A real SQLite file, or a fresh schema in the real PostgreSQL at 127.0.0.1:5432 (dropped after)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('rm') / 'store.db'}"
-        return
-    import uuid
-
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        conn = psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", autocommit=True,
-                               connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
-    schema = f"agentrft_rm_{uuid.uuid4().hex[:10]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    finally:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.close()
+    """A real SQLite file, or a fresh schema in the real PostgreSQL at 127.0.0.1:5432 (dropped after); module-scoped:
+    the store's run is shared by this file's tests."""
+    with backend_store_url("sqlite" if request.param == "sqlite" else "postgres", tmp_path_factory.mktemp("rm"),
+                           prefix="agentrft_rm") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

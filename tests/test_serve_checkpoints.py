@@ -190,26 +190,6 @@ def _trace(i: int, trace_id: str) -> dict:
             "metadata": {"k": "v"}}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'traces.db'}"
-        return
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        conn = psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", autocommit=True,
-                               connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {e}")
-    schema = f"agentrft_serve_{uuid.uuid4().hex[:10]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    finally:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.close()
-
-
 def test_traces_in_the_store(store_url, env):
     store = RunStore(store_url)
     store.record_traces([_trace(0, "conv-1"), _trace(1, "conv-1"), _trace(2, "conv-2")])
