@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -33,6 +34,24 @@ DEMOS = [
             {"role": "assistant", "content": "ANSWER: blue, green"}], TOOLS),
     (PLAIN + [{"role": "assistant", "content": "hello there"}], None),
 ]
+
+
+def concurrently(n: int, request) -> dict[int, object]:
+    """``request(i)`` for i in 0..n-1, each on its own thread at once; each result, or the exception it raised."""
+    out: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        try:
+            out[i] = request(i)
+        except Exception as e:  # noqa: BLE001 - the caller asserts on it
+            out[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
 
 
 def fine_tune_copy(src: Path, out: Path, demos: list[tuple[list[dict], list[dict] | None]], steps: int) -> Path:

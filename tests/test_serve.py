@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import httpx
@@ -220,24 +219,16 @@ def test_unknown_route_missing_token_and_health(server):
 def test_sixteen_concurrent_clients_all_answered_and_traced(server, client):
     server.state.traces.flush()
     before = len(server.state.store.traces())
-    results: dict[int, object] = {}
 
-    def one(i: int) -> None:
+    def one(i: int):
         c = openai.OpenAI(base_url=server.url, api_key=TOKEN, max_retries=0, timeout=300)
         msgs = h.ONE if i % 2 == 0 else h.PLAIN
-        try:
-            results[i] = c.chat.completions.create(model="tool", messages=msgs, tools=h.TOOLS if i % 2 == 0 else None,
-                                                   temperature=0 if i % 4 < 2 else 1.0, seed=i, max_tokens=30,
-                                                   extra_headers={"X-Trace-Id": f"conv-{i}"}, user=f"u{i}",
-                                                   metadata={"i": str(i)})
-        except Exception as e:  # noqa: BLE001 - recorded and asserted below
-            results[i] = e
+        return c.chat.completions.create(model="tool", messages=msgs, tools=h.TOOLS if i % 2 == 0 else None,
+                                         temperature=0 if i % 4 < 2 else 1.0, seed=i, max_tokens=30,
+                                         extra_headers={"X-Trace-Id": f"conv-{i}"}, user=f"u{i}",
+                                         metadata={"i": str(i)})
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = h.concurrently(16, one)
     assert all(not isinstance(r, Exception) for r in results.values()), results
     assert len(results) == 16
     for i, r in results.items():

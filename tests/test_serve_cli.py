@@ -64,7 +64,6 @@ def test_the_openai_sdk_checklist_against_a_server_process(tiny_model, tmp_path_
     tool result round trip, tool-call deltas reassembled by the SDK, n > 1 and seeds, the error classes, and 16
     concurrent clients."""
     import json
-    import threading
 
     import pytest
     import yaml
@@ -106,21 +105,12 @@ def test_the_openai_sdk_checklist_against_a_server_process(tiny_model, tmp_path_
         with pytest.raises(openai.BadRequestError):
             c.chat.completions.create(model="tool", messages=h.ONE, tools=h.TOOLS,
                                       tool_choice={"type": "function", "function": {"name": "missing"}})
-        out: dict[int, object] = {}
+        def one(i: int):
+            return openai.OpenAI(base_url=url + "/v1", api_key="t0k", max_retries=0, timeout=300).chat.\
+                completions.create(model="tool", messages=h.ONE if i % 2 else h.PLAIN,
+                                   tools=h.TOOLS if i % 2 else None, temperature=0, max_tokens=30)
 
-        def one(i: int) -> None:
-            try:
-                out[i] = openai.OpenAI(base_url=url + "/v1", api_key="t0k", max_retries=0, timeout=300).chat.\
-                    completions.create(model="tool", messages=h.ONE if i % 2 else h.PLAIN,
-                                       tools=h.TOOLS if i % 2 else None, temperature=0, max_tokens=30)
-            except Exception as e:  # noqa: BLE001 - asserted below
-                out[i] = e
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        out = h.concurrently(16, one)
         assert len(out) == 16 and not [x for x in out.values() if isinstance(x, Exception)], out
         for i, x in out.items():
             if i % 2:
