@@ -21,17 +21,15 @@ from pathlib import Path
 from unittest import mock
 
 import httpx
-from proc_helpers import free_port
-import lookup_task
 import pytest
 import yaml
 
+import lookup_task
+from browser_helpers import chromium, needs_chromium
+from proc_helpers import free_port
 from agentrft.store import RunStore
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason=f"Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver")
+pytestmark = needs_chromium
 
 WAIT_S = 600  # generous bounds on waiting for a busy 2-core machine; nothing asserts on how long anything took
 RELEASE = threading.Event()
@@ -50,8 +48,6 @@ class _GatedStore(RunStore):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     import uvicorn
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
     from agentrft.config import load_config
     from agentrft.models.tiny import TinyModelSpec, build_tiny_model
@@ -99,12 +95,7 @@ def world(tmp_path_factory):
     trainer = threading.Thread(target=run_training, daemon=True)
     trainer.start()
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1360,1000"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(120)
+    driver = chromium(1360, 1000)
     shots = Path(os.environ.get("AGENTRFT_UI_SCREENSHOTS") or tmp / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     w = {"store": store, "base": f"http://127.0.0.1:{port}", "driver": driver, "trainer": trainer,

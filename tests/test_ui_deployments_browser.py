@@ -11,24 +11,18 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
+from browser_helpers import chromium, needs_chromium
 from proc_helpers import free_port
 from agentrft.gate import rollout as ro
 from agentrft.store import RunStore
 from test_rollout_controller import FORBIDDEN, POLICY, serve, traffic
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason=f"Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver")
+pytestmark = needs_chromium
 
 
 
 def test_deployments_view_shows_modes_weights_kpis_and_the_rollback_with_evidence(tmp_path):
     import uvicorn
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     from agentrft.ui import make_server_app
@@ -51,12 +45,7 @@ def test_deployments_view_shows_modes_weights_kpis_and_the_rollback_with_evidenc
     deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1360,1400"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(120)
+    driver = chromium(1360, 1400)
     shots = Path(os.environ.get("AGENTRFT_UI_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}/ui"
