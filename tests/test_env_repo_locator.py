@@ -76,6 +76,36 @@ def test_same_seed_byte_identical_across_processes(tmp_path, data):
     assert _digest(other)["train"] != _digest(data)["train"]
 
 
+def test_task_mix_options_shape_the_rows(tmp_path, data):
+    # the defaults are the documented mix (and the same bytes as passing them)
+    explicit = ENV.generate(tmp_path / "d", seed=7, n_train=120, n_valid=40, rename_frac=0.5, callers=(1, 2))
+    assert _digest(explicit) == _digest(data)
+    # a rename-only mix with longer answers than the default's
+    long = ENV.generate(tmp_path / "l", seed=7, n_train=200, n_valid=0, rename_frac=1.0, callers=(3, 4))
+    rows = _rows(long["train"])
+    assert {r["task"] for r in rows} == {"rename"}
+    sizes = [len(r["expected_files"]) for r in rows]
+    default_sizes = [len(r["expected_files"]) for r in _rows(data["train"]) if r["task"] == "rename"]
+    assert sum(sizes) / len(sizes) > sum(default_sizes) / len(default_sizes) + 0.8
+    assert max(sizes) >= 5 and min(sizes) >= 2
+    # the answer is still every file that mentions the symbol, and the demos copy grep's output
+    for r in rows[:40]:
+        assert r["expected_files"] == sorted(p for p, t in r["repo"].items() if r["symbol"] in t)
+    assert all(d["messages"][-1]["content"] == d["expected_answer"] for d in _rows(long["demos"])
+               if not d["demo"]["wrong"])
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"rename_frac": 1.5}, "rename_frac"), ({"rename_frac": True}, "rename_frac"),
+    ({"callers": (0, 2)}, "callers"), ({"callers": (3, 2)}, "callers"), ({"callers": 2}, "callers"),
+    ({"callers": (1.0, 2)}, "callers"),
+])
+def test_task_mix_options_refused_by_name(tmp_path, kwargs, field):
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        ENV.generate(tmp_path / "x", seed=0, n_train=4, n_valid=0, **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
 # ---- ground truth -----------------------------------------------------------------------------------
 def _truth_from_source(repo: dict[str, str], symbol: str) -> tuple[str, list[str]]:
     """(defining file, files that call symbol) by parsing every file with ast — not by text search."""

@@ -105,16 +105,17 @@ def files_mentioning(symbol: str, defined_in: dict[str, str], calls: dict[str, s
     return sorted(files)
 
 
-def make_task(rng: random.Random, kind: str) -> dict[str, Any]:
-    """One task row without messages/tools: repository, target symbol and reference answer."""
+def make_task(rng: random.Random, kind: str, callers: tuple[int, int] = (1, 2)) -> dict[str, Any]:
+    """One task row without messages/tools: repository, target symbol and reference answer. ``callers``: how
+    many functions of other files are made to call the target (drawn uniformly in the range)."""
     while True:
         repo, defined_in, calls = make_repo(rng)
         symbol = rng.choice(sorted(defined_in))
-        # make 1-2 functions of other files call the target, so "every file mentioning X" > 1 file
+        # make some functions of other files call the target, so "every file mentioning X" > 1 file
         other = sorted(f for f in defined_in if defined_in[f] != defined_in[symbol])
         if not other:
             continue
-        for f in rng.sample(other, min(len(other), rng.randint(1, 2))):
+        for f in rng.sample(other, min(len(other), rng.randint(*callers))):
             calls[f] = symbol
         paths = sorted(repo)
         funcs: dict[str, list[str]] = {p: [] for p in paths}
@@ -140,9 +141,10 @@ def make_task(rng: random.Random, kind: str) -> dict[str, Any]:
     }
 
 
-def make_row(rng: random.Random, idx: str, schemas: list[dict[str, Any]]) -> dict[str, Any]:
-    kind = "rename" if rng.random() < 0.5 else "handler"
-    t = make_task(rng, kind)
+def make_row(rng: random.Random, idx: str, schemas: list[dict[str, Any]], rename_frac: float = 0.5,
+             callers: tuple[int, int] = (1, 2)) -> dict[str, Any]:
+    kind = "rename" if rng.random() < rename_frac else "handler"
+    t = make_task(rng, kind, callers)
     return {
         "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": t["user"]}],
         "tools": schemas,
@@ -195,9 +197,13 @@ def generate(
     n_demos: int | None = None,
     wrong_frac: float = 0.3,
     redundant_frac: float = 0.5,
+    rename_frac: float = 0.5,
+    callers: tuple[int, int] = (1, 2),
 ) -> dict[str, Path]:
     """Write train/valid/demos JSONL and the grader JSON under ``out_dir``; byte-identical for a seed.
 
+    ``rename_frac`` of the rows are ``rename`` tasks, whose target is called from ``callers`` (low, high) functions
+    of other files (so a rename answer has 2 to high + 1 files, more when the repository already called it).
     Demos are built from the first ``n_demos`` train rows (default: all of them) by running the real tools.
     Exactly ``round(wrong_frac * n_demos)`` demos are wrong and ``round(redundant_frac * n_demos)`` redundant,
     assigned independently at random.
@@ -205,13 +211,20 @@ def generate(
     from agentrft.environments.repo_locator import graders as g
 
     check_sizes(n_train, n_valid, n_demos, wrong_frac, redundant_frac)
+    if isinstance(rename_frac, bool) or not isinstance(rename_frac, (int, float)) or not 0.0 <= rename_frac <= 1.0:
+        raise ValueError(f"rename_frac: expected a fraction in [0, 1], got {rename_frac!r}")
+    if (not isinstance(callers, (tuple, list)) or len(callers) != 2
+            or not all(isinstance(c, int) and not isinstance(c, bool) for c in callers)
+            or not 1 <= callers[0] <= callers[1]):
+        raise ValueError(f"callers: expected (low, high) integers with 1 <= low <= high, got {callers!r}")
+    callers = (callers[0], callers[1])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     tools = _tools()
     schemas = [t.schema for t in tools.values()]
-    train = [make_row(rng, f"repo-train-{i:04d}", schemas) for i in range(n_train)]
-    valid = [make_row(rng, f"repo-valid-{i:04d}", schemas) for i in range(n_valid)]
+    train = [make_row(rng, f"repo-train-{i:04d}", schemas, rename_frac, callers) for i in range(n_train)]
+    valid = [make_row(rng, f"repo-valid-{i:04d}", schemas, rename_frac, callers) for i in range(n_valid)]
     n_demos = n_train if n_demos is None else min(n_demos, n_train)
     wrong_set = set(rng.sample(range(n_demos), round(wrong_frac * n_demos)))
     red_set = set(rng.sample(range(n_demos), round(redundant_frac * n_demos)))
