@@ -52,3 +52,21 @@ def test_lever_runner_writes_summary(tmp_path, tiny_model):
         assert s[arm]["curves"][0][1]["trajectories"] == 4  # 2 rows x 2 samples
     md = table.render([written])
     assert "| gigpo | repo_locator | 1 |" in md and "Curve, gigpo on repo_locator" in md
+
+
+def test_copy_probe_counts_each_row_once_by_task_and_length(tmp_path, tiny_model, capsys):
+    from agentrft.environments import get_environment
+    from agentrft.environments.common import read_jsonl
+    from benchmarks.levers import copy_probe
+
+    files = get_environment("repo_locator").generate(tmp_path / "d", seed=3, n_train=12, n_valid=0)
+    assert copy_probe.main([str(tiny_model), "--data", str(files["train"]), "--rows", "9"]) == 0
+    out = json.loads(capsys.readouterr().out)["by_task_and_files"]
+    rows = list(read_jsonl(files["train"]))[:9]
+    want: dict[str, int] = {}
+    for r in rows:
+        key = f"{r['task']} {len(r['expected_files'])}"
+        want[key] = want.get(key, 0) + 1
+    assert {k: v["rows"] for k, v in out.items()} == want
+    # an untrained model copies nothing: every answer is counted wrong, and no category exceeds its rows
+    assert all(v["exact"] == 0 and v["short"] + v["long"] <= v["rows"] for v in out.values())
