@@ -31,7 +31,7 @@ _PRESET: dict[str, Any] = {
     "pretrain": {"epochs": 12, "batch_size": 16, "learning_rate": 1e-3, "until_loss": 0.04},
     # 8 heads of 16 dims (4 key/value heads), the same weights as 4 × 32: more heads, more copying circuits. With
     # 4 heads the model copied two- and three-file lists from grep's output but not four (0 of 21 exact), and after
-    # RL it answered every rename with three files; with 8 it copies lists of any length (docs/levers.md)
+    # RL it answered every rename with three files; with 8 it copied 16 of 21 (seed 0; other seeds in docs/levers.md)
     "model": {"vocab_size": 1024, "hidden_size": 128, "num_layers": 4, "num_heads": 8, "num_kv_heads": 4,
               "intermediate_size": 384},
     "sft": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3},
