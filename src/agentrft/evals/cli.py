@@ -34,12 +34,14 @@ def user_errors() -> Iterator[None]:
     from agentrft.data import DatasetError
     from agentrft.evals.audit import AuditError
     from agentrft.graders.base import GraderSpecError
+    from agentrft.redact import redact_text  # a URL's password or ?api_key= in a message is not echoed
     from agentrft.store import StoreError
 
     try:
         yield
     except (ConfigError, DatasetError, GraderSpecError, AuditError, StoreError, ValueError, OSError) as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)  # OSError: an --out that is a file, …
+        # OSError: an --out that is a file, …
+        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
         raise typer.Exit(2) from None
 
 

@@ -27,6 +27,7 @@ def user_errors() -> Iterator[None]:
     from agentrft.rl.distill.teacher import TeacherError
     from agentrft.rl.reward_model import RewardModelError
     from agentrft.rollout.stack import ModelLoadError
+    from agentrft.redact import redact_text  # a URL's password or ?api_key= in a message is not echoed
     from agentrft.store import StoreError
 
     try:
@@ -35,7 +36,7 @@ def user_errors() -> Iterator[None]:
             StoreError, FileNotFoundError) as e:
         from rich.markup import escape
 
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
         raise typer.Exit(2) from None
 
 
