@@ -1,7 +1,8 @@
 """Can a repo_locator model copy grep's output into its answer? Copying isolated from tool choice.
 
-For each row, the model is given the system prompt, the question, the optimal ``grep`` call and that call's real
-output (from the row's repository), and its answer is decoded greedily. Counted per (task, number of expected
+For each row, the model is given the optimal demonstration without its answer (the generator's own plan, run against
+the real tools by ``run_demo``: the system prompt, the question, the ``grep`` call and what it returned), and its
+answer is decoded greedily. Counted per (task, number of expected
 files): answers equal to the expected list, answers with fewer or more paths, answers that repeat a path. This is
 how docs/levers.md ("The quickstart's pass rate") found that a 4-head quickstart model got the length of a 4-file
 list right but not its items.
@@ -18,9 +19,16 @@ import sys
 
 
 def probe(model_dir: str, data: str, rows: int = 300, show: int = 0) -> dict[str, dict[str, int]]:
+    import random
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from agentrft.environments.common import run_demo
+    from agentrft.environments.repo_locator.generator import TOOLS_REF, demo_plan
+    from agentrft.tools.registry import resolve_python_tool
+
+    tools = {t.name: t for t in resolve_python_tool(TOOLS_REF)}
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -31,12 +39,10 @@ def probe(model_dir: str, data: str, rows: int = 300, show: int = 0) -> dict[str
             if i >= rows:
                 break
             row = json.loads(line)
-            pattern = row["symbol"] if row["task"] == "rename" else f"def {row['symbol']}"
-            out = ", ".join(sorted(p for p, text in row["repo"].items() if pattern in text))
-            call = {"id": "call_0", "type": "function",
-                    "function": {"name": "grep", "arguments": json.dumps({"pattern": pattern})}}
-            msgs = [*row["messages"][:2], {"role": "assistant", "content": "", "tool_calls": [call]},
-                    {"role": "tool", "tool_call_id": "call_0", "content": out}]
+            # the optimal plan (neither redundant nor wrong: no random draw) and its transcript, minus the answer
+            plan, optimal = demo_plan(random.Random(0), row, redundant=False, wrong=False)
+            msgs = run_demo(row, plan, optimal, tools, trace_id=f"probe-{i}", data_dir=None)[:-1]
+            out = msgs[-1]["content"]
             ids = tok.apply_chat_template(msgs, tools=row["tools"], add_generation_prompt=True,
                                           return_tensors="pt", return_dict=True)["input_ids"]
             with torch.no_grad():
