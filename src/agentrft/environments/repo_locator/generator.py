@@ -217,7 +217,6 @@ def generate(
             or not all(isinstance(c, int) and not isinstance(c, bool) for c in callers)
             or not 1 <= callers[0] <= callers[1]):
         raise ValueError(f"callers: expected (low, high) integers with 1 <= low <= high, got {callers!r}")
-    callers = (callers[0], callers[1])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
