@@ -56,21 +56,23 @@ def user_errors() -> Iterator[None]:
     from agentrft.policy.remote_sampler import RemoteEngineError  # the remote sampler's engine (docs/gpu.md)
     from agentrft.rl.trainer import TrainingError
     from agentrft.rollout.stack import ModelLoadError
-    from agentrft.redact import redact_text  # a URL's password or ?api_key= in a message is not echoed
     from agentrft.store import StoreError
 
     try:
         yield
+    # OSError: a missing file, a full disk, a read-only or unwritable output directory: the OS's words and the path
     except (ConfigError, DatasetError, GraderSpecError, TrainingError, ModelLoadError, StoreError,
-            RemoteEngineError) as e:
-        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
-        raise typer.Exit(2) from None
-    except FileNotFoundError as e:
-        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
-        raise typer.Exit(2) from None
-    except OSError as e:  # a full disk, a read-only or unwritable output directory: the OS's words and the path
-        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
-        raise typer.Exit(2) from None
+            RemoteEngineError, OSError) as e:
+        exit_with_user_error(e)
+
+
+def exit_with_user_error(e: BaseException) -> None:
+    """Print a user error as one line on stderr, never read as markup and with its secrets masked (a URL's password
+    or ``?api_key=``), and exit 2. Every command group's error handler ends here."""
+    from agentrft.redact import redact_text
+
+    err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
+    raise typer.Exit(2) from None
 
 
 def output_file(path: Path, option: str) -> None:

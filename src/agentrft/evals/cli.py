@@ -30,19 +30,17 @@ err = Console(stderr=True)
 @contextmanager
 def user_errors() -> Iterator[None]:
     """The errors a user causes become one clear line on stderr and exit code 2 (never a traceback)."""
+    from agentrft.cli import exit_with_user_error  # one line, markup-safe, secrets masked, exit 2
     from agentrft.config import ConfigError
     from agentrft.data import DatasetError
     from agentrft.evals.audit import AuditError
     from agentrft.graders.base import GraderSpecError
-    from agentrft.redact import redact_text  # a URL's password or ?api_key= in a message is not echoed
     from agentrft.store import StoreError
 
     try:
         yield
     except (ConfigError, DatasetError, GraderSpecError, AuditError, StoreError, ValueError, OSError) as e:
-        # OSError: an --out that is a file, …
-        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
-        raise typer.Exit(2) from None
+        exit_with_user_error(e)  # OSError: an --out that is a file, …
 
 
 def _quiet() -> None:

@@ -25,20 +25,19 @@ err = Console(stderr=True)
 
 @contextmanager
 def user_errors() -> Iterator[None]:
+    from agentrft.cli import exit_with_user_error  # one line, markup-safe, secrets masked, exit 2
     from agentrft.config import ConfigError
     from agentrft.data import DatasetError
     from agentrft.gate.policy import PolicyError
     from agentrft.gate.promote import PromotionError
     from agentrft.graders.base import GraderSpecError
-    from agentrft.redact import redact_text  # a URL's password or ?api_key= in a message is not echoed
     from agentrft.store import StoreError
 
     try:
         yield
     except (ConfigError, DatasetError, PolicyError, PromotionError, GraderSpecError, StoreError, ValueError,
             FileNotFoundError) as e:
-        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
-        raise typer.Exit(2) from None
+        exit_with_user_error(e)
 
 
 def _gate_table(rep) -> Table:

@@ -20,6 +20,7 @@ err = Console(stderr=True)
 
 @contextmanager
 def user_errors() -> Iterator[None]:
+    from agentrft.cli import exit_with_user_error  # one line, markup-safe, secrets masked, exit 2
     from agentrft.config import ConfigError
     from agentrft.data import DatasetError
     from agentrft.graders.base import GraderSpecError
@@ -27,17 +28,13 @@ def user_errors() -> Iterator[None]:
     from agentrft.rl.distill.teacher import TeacherError
     from agentrft.rl.reward_model import RewardModelError
     from agentrft.rollout.stack import ModelLoadError
-    from agentrft.redact import redact_text  # a URL's password or ?api_key= in a message is not echoed
     from agentrft.store import StoreError
 
     try:
         yield
     except (ConfigError, DatasetError, GraderSpecError, DistillError, TeacherError, RewardModelError, ModelLoadError,
             StoreError, FileNotFoundError) as e:
-        from rich.markup import escape
-
-        err.print(f"[bold red]error:[/] {escape(redact_text(str(e)))}", highlight=False)
-        raise typer.Exit(2) from None
+        exit_with_user_error(e)
 
 
 def distill_config(config: Optional[Path], env: Optional[str], data: Optional[Path], student: Optional[str],
